@@ -1,0 +1,42 @@
+"""tfp-coupling: NICE and RealNVP normalizing flows for TensorFlow Probability and Keras 3.
+
+Example:
+    >>> import tfp_coupling as tc
+    >>> model = tc.realnvp_flow(event_shape=[2], num_couplings=4, hidden_units=[32, 32])
+    >>> model.compile(optimizer="adam")
+    >>> history = model.fit(tc.data.two_moons(512, seed=0), batch_size=128, epochs=1, verbose=0)
+"""
+
+from tfp_coupling import data, fused, masks, nets
+from tfp_coupling.bijectors import (
+    AdditiveCoupling,
+    AffineCoupling,
+    Chain,
+    Coupling,
+    FlowBijector,
+    LogScale,
+    Rescaling,
+)
+from tfp_coupling.flows import get_builder, nice_flow, realnvp_flow, register_builder
+from tfp_coupling.model import FlowModel
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdditiveCoupling",
+    "AffineCoupling",
+    "Chain",
+    "Coupling",
+    "FlowBijector",
+    "FlowModel",
+    "LogScale",
+    "Rescaling",
+    "data",
+    "fused",
+    "get_builder",
+    "masks",
+    "nets",
+    "nice_flow",
+    "realnvp_flow",
+    "register_builder",
+]
