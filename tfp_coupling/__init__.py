@@ -7,36 +7,57 @@ Example:
     >>> history = model.fit(tc.data.two_moons(512, seed=0), batch_size=128, epochs=1, verbose=0)
 """
 
-from tfp_coupling import data, fused, masks, nets
+from tfp_coupling import data, fused, image_flows, masks, nets
 from tfp_coupling.bijectors import (
+    ActNorm,
     AdditiveCoupling,
     AffineCoupling,
     Chain,
     Coupling,
+    FactorOut,
     FlowBijector,
+    LogitPreprocessing,
     LogScale,
     Rescaling,
+    Squeeze,
+    initialize_actnorm,
 )
 from tfp_coupling.flows import get_builder, nice_flow, realnvp_flow, register_builder
+from tfp_coupling.image_flows import (
+    ImageFlowModel,
+    nice_image_flow,
+    realnvp_flat_image_flow,
+    realnvp_image_flow,
+)
 from tfp_coupling.model import FlowModel
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActNorm",
     "AdditiveCoupling",
     "AffineCoupling",
     "Chain",
     "Coupling",
+    "FactorOut",
     "FlowBijector",
     "FlowModel",
+    "ImageFlowModel",
     "LogScale",
+    "LogitPreprocessing",
     "Rescaling",
+    "Squeeze",
     "data",
     "fused",
     "get_builder",
+    "image_flows",
+    "initialize_actnorm",
     "masks",
     "nets",
     "nice_flow",
+    "nice_image_flow",
+    "realnvp_flat_image_flow",
     "realnvp_flow",
+    "realnvp_image_flow",
     "register_builder",
 ]

@@ -23,6 +23,7 @@ import tensorflow_probability as tfp
 from tensorflow_probability.python.bijectors import chain as _chain
 
 from tfp_coupling.bijectors.base import FlowBijector
+from tfp_coupling.bijectors.coupling import Coupling
 
 tfb = tfp.bijectors
 
@@ -66,12 +67,19 @@ def _leaves(bijector: tfb.Bijector):
 
 def _walk(bijector, x, event_ndims: int, forward: bool):
     if isinstance(bijector, _chain._Chain):
-        links = bijector.bijectors
-        total = None
-        for b in reversed(links) if forward else links:
-            x, ldj, event_ndims = _walk(b, x, event_ndims, forward)
-            total = ldj if total is None else total + ldj
-        return x, total, event_ndims
+        links = list(reversed(bijector.bijectors) if forward else bijector.bijectors)
+        ldjs = []
+        i = 0
+        while i < len(links):
+            run = _coupling_run(links, i)
+            if len(run) > 1:
+                x, ldj = _walk_coupling_run(run, x, event_ndims, forward)
+            else:
+                x, ldj, event_ndims = _walk(links[i], x, event_ndims, forward)
+            ldjs.append(ldj)
+            i += len(run)
+        # One sum of all log-dets (fused), not a chain of pairwise additions.
+        return x, _sum_log_dets(ldjs), event_ndims
     if isinstance(bijector, tfb.Invert):
         return _walk(bijector.bijector, x, event_ndims, not forward)
     if isinstance(bijector, FlowBijector):
@@ -86,3 +94,67 @@ def _walk(bijector, x, event_ndims: int, forward: bool):
         return bijector.forward(x), ldj, bijector.forward_event_ndims(event_ndims)
     ldj = bijector.inverse_log_det_jacobian(x, event_ndims=event_ndims)
     return bijector.inverse(x), ldj, bijector.inverse_event_ndims(event_ndims)
+
+
+def _sum_log_dets(ldjs: list) -> tf.Tensor:
+    """Sums log-dets with one ``add_n`` when their shapes agree, else with broadcasting.
+
+    TFP's constant-Jacobian bijectors (``Shift``, ``Scale``, ...) return an unbatched log-det
+    (shape ``[]``), which ``add_n`` cannot add to a batched one.
+    """
+    if len(ldjs) == 1:
+        return ldjs[0]
+    shapes = {tuple(l.shape.as_list()) if l.shape.rank is not None else None for l in ldjs}
+    if len(shapes) == 1 and None not in shapes and None not in next(iter(shapes)):
+        return tf.add_n(ldjs)
+    total = ldjs[0]
+    for l in ldjs[1:]:
+        total = total + l
+    return total
+
+
+def _plain_coupling(b) -> bool:
+    """A ``Coupling`` using the general split/parts/merge path (no override of it)."""
+    cls = type(b)
+    return (isinstance(b, Coupling)
+            and cls._forward_and_log_det is Coupling._forward_and_log_det
+            and cls._inverse_and_log_det is Coupling._inverse_and_log_det)
+
+
+def _coupling_run(links, i: int) -> list:
+    """The longest run of couplings from ``links[i]`` in which each hands its halves over."""
+    run = [links[i]]
+    if not _plain_coupling(links[i]):
+        return run
+    for b in links[i + 1:]:
+        prev = run[-1]
+        if not (_plain_coupling(b) and prev.partition.hands_over_to(b.partition)
+                and prev.dtype == b.dtype and prev._flow_dtype == b._flow_dtype):
+            break
+        run.append(b)
+    return run
+
+
+def _walk_coupling_run(run, x, event_ndims: int, forward: bool):
+    """Chained couplings on the split halves: one split at the start, one merge at the end.
+
+    Coupling ``k`` maps halves ``(a, b)`` to ``(a, b')``; the next one keeps what this one
+    transformed, so its halves are ``(b', a)``. This skips a merge (concat) and a split per
+    coupling, forward and in the gradient.
+    """
+    first = run[0]
+    x = first._check_input(x, "x" if forward else "y")
+    a, b = first.partition.split(x)
+    ldjs = []
+    for k, c in enumerate(run):
+        with tf.name_scope(c.name):
+            b, ldj = c._forward_parts(a, b) if forward else c._inverse_parts(a, b)
+        ldjs.append(ldj)
+        if k < len(run) - 1:
+            a, b = b, a
+    out = run[-1].partition.merge(a, b)
+    ldj = _sum_log_dets(ldjs)
+    extra = event_ndims - len(first.event_shape)
+    if extra > 0:
+        ldj = tf.reduce_sum(ldj, axis=list(range(-extra, 0)))
+    return out, ldj

@@ -76,6 +76,9 @@ def checkerboard_mask(height: int, width: int, channels: int = 1, parity: int = 
 
 def channel_mask(height: int, width: int, channels: int, first: bool = True) -> tf.Tensor:
     """RealNVP's channel-wise mask: keeps the first half of the channels (or the second half)."""
+    for value, name in ((height, "height"), (width, "width")):
+        if int(value) < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
     _check_size(channels, "channels")
     keep = np.arange(channels) < channels // 2
     if not first:
@@ -147,12 +150,15 @@ class Partition:
         """Returns ``(x_a, x_b)``: the conditioner's input and the part to transform."""
         if self.multiplicative:
             return x * tf.cast(self.keep, x.dtype), x
-        n_a = len(self._idx_a)
+        # One Split op, not two strided slices: its gradient is one concat, where each slice's
+        # gradient would be a zero-padded full-size tensor, summed afterwards.
+        n_a, n_b = len(self._idx_a), len(self._idx_b)
         if self._layout == "a_then_b":
-            return x[..., :n_a], x[..., n_a:]
+            x_a, x_b = tf.split(x, [n_a, n_b], axis=-1)
+            return x_a, x_b
         if self._layout == "b_then_a":
-            n_b = len(self._idx_b)
-            return x[..., n_b:], x[..., :n_b]
+            x_b, x_a = tf.split(x, [n_b, n_a], axis=-1)
+            return x_a, x_b
         return tf.gather(x, self._idx_a, axis=-1), tf.gather(x, self._idx_b, axis=-1)
 
     def merge(self, x_a: tf.Tensor, y_b: tf.Tensor) -> tf.Tensor:
@@ -164,6 +170,18 @@ class Partition:
         if self._layout == "b_then_a":
             return tf.concat([y_b, x_a], axis=-1)
         return tf.gather(tf.concat([x_a, y_b], axis=-1), self._merge_order, axis=-1)
+
+    def hands_over_to(self, other: Partition) -> bool:
+        """Whether ``other`` keeps exactly the entries this partition transforms, and vice versa.
+
+        Then the halves ``(x_a, y_b)`` a coupling on this partition outputs are, in order,
+        ``other``'s ``(x_b, x_a)``: chained couplings can pass the halves on and skip the
+        merge-then-split between them (see :mod:`tfp_coupling.fused`). Index splits only.
+        """
+        return (not self.multiplicative and not other.multiplicative
+                and self.event_shape == other.event_shape
+                and np.array_equal(self._idx_a, other._idx_b)
+                and np.array_equal(self._idx_b, other._idx_a))
 
     def mask_params(self, param: tf.Tensor) -> tf.Tensor:
         """Zeroes a transform parameter on kept entries (multiplicative masks only)."""

@@ -1,16 +1,32 @@
 """tfp-coupling's bijectors: every one a ``tfp.bijectors.Bijector`` subclass."""
 
+from tfp_coupling.bijectors.actnorm import (
+    ActNorm,
+    ActNormParams,
+    actnorm_layers,
+    initialize_actnorm,
+)
 from tfp_coupling.bijectors.base import Chain, FlowBijector, UncachedBijectorCache
 from tfp_coupling.bijectors.coupling import AdditiveCoupling, AffineCoupling, Coupling
+from tfp_coupling.bijectors.factor_out import FactorOut
+from tfp_coupling.bijectors.logit import LogitPreprocessing
 from tfp_coupling.bijectors.rescaling import LogScale, Rescaling
+from tfp_coupling.bijectors.squeeze import Squeeze
 
 __all__ = [
+    "ActNorm",
+    "ActNormParams",
     "AdditiveCoupling",
     "AffineCoupling",
     "Chain",
     "Coupling",
+    "FactorOut",
     "FlowBijector",
     "LogScale",
+    "LogitPreprocessing",
     "Rescaling",
+    "Squeeze",
     "UncachedBijectorCache",
+    "actnorm_layers",
+    "initialize_actnorm",
 ]

@@ -51,8 +51,16 @@ class FlowBijector(tfb.Bijector):
         validate_args: bool,
         parameters: dict,
         name: str,
+        output_event_shape: Sequence[int] | None = None,
     ) -> None:
         self._event_shape = tuple(int(d) for d in event_shape)
+        # Event shape of forward's output; equal to event_shape unless a subclass (Squeeze)
+        # reshapes the event. It must have the same rank as event_shape.
+        self._output_event_shape = (self._event_shape if output_event_shape is None
+                                    else tuple(int(d) for d in output_event_shape))
+        if len(self._output_event_shape) != len(self._event_shape):
+            raise ValueError(f"output_event_shape {list(self._output_event_shape)} must have the "
+                             f"rank of event_shape {list(self._event_shape)}")
         self._flow_dtype = tf.as_dtype(dtype)
         super().__init__(
             forward_min_event_ndims=len(self._event_shape),
@@ -65,8 +73,39 @@ class FlowBijector(tfb.Bijector):
 
     @property
     def event_shape(self) -> tuple[int, ...]:
-        """The event shape this bijector acts on (the same in both directions)."""
+        """The event shape of ``forward``'s input (``x``)."""
         return self._event_shape
+
+    @property
+    def output_event_shape(self) -> tuple[int, ...]:
+        """The event shape of ``forward``'s output (``y``); ``event_shape`` unless overridden."""
+        return self._output_event_shape
+
+    def _forward_event_shape(self, input_shape):
+        return self._swap_event_shape(input_shape, self._event_shape, self._output_event_shape)
+
+    def _inverse_event_shape(self, output_shape):
+        return self._swap_event_shape(output_shape, self._output_event_shape, self._event_shape)
+
+    def _forward_event_shape_tensor(self, input_shape):
+        return self._swap_event_shape_tensor(input_shape, self._output_event_shape)
+
+    def _inverse_event_shape_tensor(self, output_shape):
+        return self._swap_event_shape_tensor(output_shape, self._event_shape)
+
+    @staticmethod
+    def _swap_event_shape(shape, given, result):
+        if given == result:
+            return shape
+        shape = tf.TensorShape(shape)
+        if shape.rank is None:
+            return tf.TensorShape(None)
+        return shape[: shape.rank - len(given)].concatenate(result)
+
+    def _swap_event_shape_tensor(self, shape, result):
+        shape = tf.convert_to_tensor(shape, dtype_hint=tf.int32)
+        return tf.concat([shape[: tf.size(shape) - len(result)],
+                          tf.constant(result, shape.dtype)], axis=0)
 
     @property
     def keras_layers(self) -> list:
@@ -100,16 +139,17 @@ class FlowBijector(tfb.Bijector):
     def _check_input(self, x: tf.Tensor, what: str) -> tf.Tensor:
         """Raises on a wrong dtype or event shape, naming expected and given.
 
-        Static mismatches always raise ``TypeError``/``ValueError``; shapes only known at run time
-        are asserted when ``validate_args=True``.
+        ``what == "y"`` checks against ``output_event_shape``, anything else against
+        ``event_shape``. Static mismatches always raise ``TypeError``/``ValueError``; shapes only
+        known at run time are asserted when ``validate_args=True``.
         """
         if isinstance(x, tf.Tensor | tf.Variable) and x.dtype != self._flow_dtype:
             raise TypeError(
                 f"{self.name}: {what} has dtype {x.dtype.name}, expected {self._flow_dtype.name}"
             )
         x = tf.convert_to_tensor(x, dtype=self._flow_dtype, name=what)
-        rank = len(self._event_shape)
-        expected = list(self._event_shape)
+        expected = list(self._output_event_shape if what == "y" else self._event_shape)
+        rank = len(expected)
         if x.shape.rank is not None:
             if x.shape.rank < rank:
                 raise ValueError(

@@ -79,8 +79,25 @@ class Coupling(FlowBijector):
 
     def _params(self, x_a: tf.Tensor) -> list[tf.Tensor]:
         """Runs the conditioner once on ``x_a`` (any batch shape) and returns its parameters."""
-        batch_shape = tf.shape(x_a)[: -len(self.partition.a_shape)]
-        out = self.conditioner(tf.reshape(x_a, (-1, *self.partition.a_shape)))
+        a_rank = len(self.partition.a_shape)
+        # With exactly one batch axis (as in training) x_a already has the conditioner's layout:
+        # no reshapes in and out (they would be graph ops in every step, forward and backward).
+        flat = x_a.shape.rank == a_rank + 1
+        if flat:
+            out = self.conditioner(x_a)
+        else:
+            batch_shape = tf.shape(x_a)[:-a_rank]
+            out = self.conditioner(tf.reshape(x_a, (-1, *self.partition.a_shape)))
+        if not isinstance(out, list | tuple):
+            last = out.shape[-1] if out.shape.rank else None
+            if last is not None and last % self.num_params:
+                b_shape = self.partition.b_shape
+                expected = [*b_shape[:-1], self.num_params * b_shape[-1]]
+                raise ValueError(
+                    f"{self.name}: conditioner output has shape {out.shape.as_list()}; its last "
+                    f"axis must hold {self.num_params} parameter(s) for the transformed part, "
+                    f"expected [N, {', '.join(map(str, expected))}]"
+                )
         parts = list(out) if isinstance(out, list | tuple) else tf.split(
             out, self.num_params, axis=-1)
         if len(parts) != self.num_params:
@@ -97,8 +114,11 @@ class Coupling(FlowBijector):
                     f"parameter, expected {list(b_shape)} ({self.num_params} parameter(s) for the "
                     f"transformed part)"
                 )
-            p = tf.cast(p, self._flow_dtype)
-            params.append(tf.reshape(p, tf.concat([batch_shape, b_shape], axis=0)))
+            p = tf.cast(p, self._flow_dtype)  # a no-op unless the conditioner is mixed-precision
+            if not flat or given is None or None in given:
+                batch = tf.shape(x_a)[:-a_rank] if flat else batch_shape
+                p = tf.reshape(p, tf.concat([batch, b_shape], axis=0))
+            params.append(p)
         return [self.partition.mask_params(p) for p in self._constrain(params)]
 
     def _constrain(self, params: list[tf.Tensor]) -> list[tf.Tensor]:
@@ -113,15 +133,24 @@ class Coupling(FlowBijector):
 
     def _forward_and_log_det(self, x):
         x_a, x_b = self.partition.split(x)
-        params = self._params(x_a)
-        y_b = self._transform(x_b, params)
-        return self.partition.merge(x_a, y_b), self._log_det(x, params)
+        y_b, ldj = self._forward_parts(x_a, x_b)
+        return self.partition.merge(x_a, y_b), ldj
 
     def _inverse_and_log_det(self, y):
         y_a, y_b = self.partition.split(y)
+        x_b, ldj = self._inverse_parts(y_a, y_b)
+        return self.partition.merge(y_a, x_b), ldj
+
+    def _forward_parts(self, x_a: tf.Tensor, x_b: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(y_b, log-det)`` from the split halves (``y_a = x_a``): the coupling without the
+        split and merge, which :mod:`tfp_coupling.fused` skips between chained couplings."""
+        params = self._params(x_a)
+        return self._transform(x_b, params), self._log_det(x_a, params)
+
+    def _inverse_parts(self, y_a: tf.Tensor, y_b: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(x_b, inverse log-det)`` from the split halves (``x_a = y_a``)."""
         params = self._params(y_a)
-        x_b = self._untransform(y_b, params)
-        return self.partition.merge(y_a, x_b), -self._log_det(y, params)
+        return self._untransform(y_b, params), -self._log_det(y_a, params)
 
     def _forward_log_det_jacobian(self, x):
         x = self._check_input(x, "x")
@@ -138,7 +167,7 @@ class Coupling(FlowBijector):
         raise NotImplementedError
 
     def _log_det(self, x: tf.Tensor, params: list[tf.Tensor]) -> tf.Tensor:
-        """Forward log-det summed over the event; ``x`` gives the batch shape."""
+        """Forward log-det summed over the event; ``x`` (or ``x_a``) gives the batch shape."""
         raise NotImplementedError
 
 
@@ -265,7 +294,7 @@ class AffineCoupling(Coupling):
         shift, log_scale = params
         c = self.log_scale_clamp
         if c is not None:
-            log_scale = c * tf.tanh(log_scale / c)
+            log_scale = tf.tanh(log_scale * (1.0 / c)) * c  # a multiply is cheaper than a divide
         return [shift, log_scale]
 
     def _transform(self, x_b, params):

@@ -1,0 +1,281 @@
+"""The ``tfp-coupling`` command line, end to end with tiny models and epoch counts."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from tfp_coupling import cli
+
+MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+TINY = ["--couplings", "2", "--hidden", "16", "--quiet"]
+
+
+def _train(out: Path, name: str, *extra: str) -> int:
+    return cli.main(["train", "--out", str(out), "--name", name, *TINY, *extra])
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("tfp-coupling: error: ")
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """One finished two-moons run (2 epochs), shared by the evaluate/sample/export tests."""
+    out = tmp_path_factory.mktemp("runs")
+    assert _train(out, "moons", "--epochs", "2", "--lr", "3e-3") == 0
+    return out / "moons"
+
+
+def test_train_writes_a_complete_run_folder(run):
+    names = {p.name for p in run.iterdir()}
+    assert {"config.json", "metrics.json", "model.keras", "saved_model", "checkpoints",
+            "density.png", "training_curve.png"} <= names
+    assert not [n for n in names if n.startswith(".")]  # no temporary files left
+    metrics = json.loads((run / "metrics.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    assert metrics["complete"] and metrics["config"] == config
+    assert config["model"] == "realnvp" and config["dataset"] == "two_moons"
+    assert config["couplings"] == 2 and config["hidden_units"] == [16]
+    assert metrics["history"]["epoch"] == [1, 2]
+    for key in ("train_nll", "val_nll", "time_s"):
+        assert len(metrics["history"][key]) == 2 and all(map(math.isfinite,
+                                                             metrics["history"][key]))
+    # Training helped: below the NLL of the identity flow's N(0, I) on the test split.
+    from tfp_coupling import data
+
+    x = data.load("two_moons", "test")
+    base_nll = float(np.mean(0.5 * (x.astype(np.float64) ** 2).sum(1) + math.log(2 * math.pi)))
+    assert metrics["test_nll"] < base_nll - 0.3
+    assert metrics["test_bits_per_dim"] is None  # continuous data: no bits/dim
+    assert metrics["wall_time_s"] >= metrics["train_time_s"] > 0
+    # The saved model is the trained one, and its test NLL is the reported one.
+    model = keras.models.load_model(run / "model.keras", compile=False)
+    nll = -float(np.mean(np.asarray(model.log_prob(x), np.float64)))
+    assert nll == pytest.approx(metrics["test_nll"], abs=1e-4)
+
+
+def test_saved_model_matches_the_run(run):
+    import tensorflow as tf
+
+    from tfp_coupling import data
+
+    loaded = tf.saved_model.load(str(run / "saved_model"))
+    model = keras.models.load_model(run / "model.keras", compile=False)
+    x = data.load("two_moons", "test", n=64)
+    np.testing.assert_allclose(loaded.log_prob(x), model.log_prob(x), rtol=1e-5, atol=1e-5)
+
+
+def test_evaluate(run, capsys):
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert cli.main(["evaluate", str(run), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["split"] == "test" and result["examples"] == 2000
+    assert result["nll"] == pytest.approx(metrics["test_nll"], rel=1e-6)
+    assert cli.main(["evaluate", str(run), "--split", "validation"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("two_moons validation (2000 examples): NLL ")
+    assert float(line.split("NLL ")[1].split()[0]) == pytest.approx(metrics["val_nll"], abs=1e-3)
+    # Another 2-D dataset is accepted and is much less likely under a two-moons model.
+    assert cli.main(["evaluate", str(run), "--dataset", "checkerboard", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["nll"] > metrics["test_nll"] + 1.0
+
+
+def test_sample(run, tmp_path, capsys):
+    out = tmp_path / "s.npy"
+    assert cli.main(["sample", str(run), "-n", "300", "--seed", "3", "--out", str(out)]) == 0
+    assert "wrote 300 samples" in capsys.readouterr().out
+    samples = np.load(out)
+    assert samples.shape == (300, 2) and np.all(np.isfinite(samples))
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    model = keras.models.load_model(run / "model.keras", compile=False)
+    np.testing.assert_allclose(samples, model.sample(300, seed=3), rtol=1e-5, atol=1e-5)
+    cold = tmp_path / "cold.npy"
+    assert cli.main(["sample", str(run), "-n", "300", "--seed", "3", "--temperature", "0.5",
+                     "--out", str(cold)]) == 0
+    assert np.load(cold).std(axis=0).sum() < samples.std(axis=0).sum()
+
+
+def test_export(run, tmp_path, capsys):
+    import tensorflow as tf
+
+    out = tmp_path / "exported"
+    assert cli.main(["export", str(run), "--out", str(out)]) == 0
+    assert str(out) in capsys.readouterr().out
+    loaded = tf.saved_model.load(str(out))
+    assert {"log_prob", "sample", "forward", "inverse"} <= set(loaded.signatures)
+    assert loaded.sample(5).shape == (5, 2)
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch, capsys):
+    original = keras.callbacks.BackupAndRestore.on_epoch_end
+
+    def interrupt_after_first_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end",
+                        interrupt_after_first_epoch)
+    assert _train(tmp_path, "r", "--epochs", "2") == 130
+    monkeypatch.undo()
+    run = tmp_path / "r"
+    assert "--resume" in capsys.readouterr().err
+    assert not (run / "metrics.json").exists() and not (run / "model.keras").exists()
+    first = json.loads((run / "checkpoints" / "history.json").read_text())
+    assert [h["epoch"] for h in first] == [1]
+    # An unfinished run cannot be evaluated, and says how to finish it.
+    assert cli.main(["evaluate", str(run)]) == 1
+    assert "unfinished" in _error_line(capsys)
+
+    assert cli.main(["train", "--resume", str(run), "--quiet"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["history"]["epoch"] == [1, 2]
+    assert metrics["history"]["time_s"][0] == first[0]["time_s"]  # epoch 1 was not redone
+
+    # A complete run is extended only by asking for more epochs, and never with new settings.
+    assert cli.main(["train", "--resume", str(run), "--quiet"]) == 1
+    assert "already complete (2 epochs)" in _error_line(capsys)
+    assert cli.main(["train", "--resume", str(run), "--lr", "0.1", "--epochs", "3"]) == 1
+    assert "cannot change --lr" in _error_line(capsys)
+    assert (run / "metrics.json").exists()
+    assert cli.main(["train", "--resume", str(run), "--epochs", "3", "--quiet"]) == 0
+    metrics3 = json.loads((run / "metrics.json").read_text())
+    assert metrics3["history"]["epoch"] == [1, 2, 3]
+    assert metrics3["history"]["time_s"][:2] == metrics["history"]["time_s"]
+    assert metrics3["config"]["epochs"] == 3
+
+
+def test_table_nll_is_reported_in_the_data_units(tmp_path, capsys):
+    # The same table in units 10x larger: identical standardised data, so (same seed) the same
+    # model, and a data-unit NLL larger by D log 10.
+    x = np.random.default_rng(0).normal(size=(300, 3)) @ np.array(
+        [[1.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0.0, 0.0, 2.0]]) + 5.0
+    np.save(tmp_path / "a.npy", x)
+    np.save(tmp_path / "b.npy", 10 * x)
+    for name in ("a", "b"):
+        assert _train(tmp_path / "runs", name, "--dataset", str(tmp_path / f"{name}.npy"),
+                      "--epochs", "1", "--batch-size", "64", "--model", "nice") == 0
+    nll = {n: json.loads((tmp_path / "runs" / n / "metrics.json").read_text())["test_nll"]
+           for n in ("a", "b")}
+    assert nll["b"] - nll["a"] == pytest.approx(3 * math.log(10), abs=1e-3)
+    assert (tmp_path / "runs" / "a" / "samples.png").is_file()
+    # evaluate on another file standardises it with the run's training statistics.
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(tmp_path / "runs" / "a"), "--dataset",
+                     str(tmp_path / "b.npy"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["nll"] > nll["b"] + 10
+
+
+@pytest.mark.skipif(not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
+                    reason="shared MNIST files not found")
+def test_mnist_offline_run_reports_bits_per_dim(tmp_path, capsys):
+    from tfp_coupling import data
+
+    assert _train(tmp_path, "m", "--dataset", "mnist", "--data-dir", str(MNIST_DIR),
+                  "--model", "nice", "--batch-size", "500", "--hidden",
+                  "8", "--lr", "0.01", "--epochs", "2") == 0
+    metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    bpd = metrics["test_bits_per_dim"]
+    assert bpd == pytest.approx(metrics["test_nll"] / (784 * math.log(2)))
+    assert bpd < 8.0  # better than a uniform distribution over the 256 pixel values
+    # ... and better than where training started (NICE's scaling set from the data's std).
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    x, info = data.load("mnist", "train", data_dir=MNIST_DIR, with_info=True)
+    keras.utils.set_random_seed(config["seed"])
+    start = cli._build_model(config)
+    cli._init_nice_scaling(start, x.reshape(len(x), -1), info, config["seed"])
+    x_test = data.load("mnist", "test", data_dir=MNIST_DIR).reshape(-1, 784)
+    start_bpd = info.bits_per_dim(cli._eval_nll(start, x_test, info, seed=2))
+    assert bpd < start_bpd - 0.05
+    assert (tmp_path / "m" / "samples.png").is_file()
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(tmp_path / "m"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["nll"] == pytest.approx(metrics["test_nll"], rel=1e-6)  # same noise draw
+    assert result["bits_per_dim"] == pytest.approx(bpd, rel=1e-6)
+    assert cli.main(["sample", str(tmp_path / "m"), "-n", "4"]) == 0
+    assert np.load(tmp_path / "m" / "samples.npy").shape == (4, 28, 28, 1)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "nope"], "unknown dataset 'nope'"),
+    (["--dataset", "{tmp}/missing.csv"], "data file not found: {tmp}/missing.csv"),
+    (["--dataset", "{tmp}/nan.csv"], "NaN/inf value(s), first at data row 3, column 2"),
+    (["--out", "{tmp}/file.txt/runs"], "output folder {tmp}/file.txt/runs is not writable"),
+    (["--hidden", "64,x"], "--hidden must be comma-separated positive integers"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--model", "realnvp-image"] if "realnvp-image" in cli._image_models() else
+     ["--model", "glow"], "needs an image dataset" if "realnvp-image" in cli._image_models()
+     else "unknown model 'glow'"),
+])
+def test_bad_input_gives_one_line_and_no_run_folder(tmp_path, capsys, args, message):
+    (tmp_path / "nan.csv").write_text("a,b\n" + "1,2\n" * 2 + "3,nan\n" + "4,5\n" * 20)
+    (tmp_path / "file.txt").write_text("not a folder")
+    args = [a.format(tmp=tmp_path) for a in args]
+    out = ["--out", str(tmp_path / "runs")] if "--out" not in args else []
+    assert cli.main(["train", *out, "--name", "x", *TINY, *args]) == 1
+    assert message.format(tmp=tmp_path) in _error_line(capsys)
+    assert not (tmp_path / "runs" / "x").exists()
+
+
+def test_other_bad_input(tmp_path, capsys, run):
+    assert cli.main(["evaluate", str(tmp_path)]) == 1
+    assert "is not a run folder (no config.json)" in _error_line(capsys)
+    assert cli.main(["sample", str(tmp_path / "absent")]) == 1
+    assert "run folder not found" in _error_line(capsys)
+    assert cli.main(["sample", str(run), "--out", str(tmp_path / "s.txt")]) == 1
+    assert "--out must end in .npy" in _error_line(capsys)
+    assert cli.main(["evaluate", str(run), "--dataset", "mnist", "--data-dir",
+                     str(tmp_path)]) == 1
+    assert "no mnist IDX files" in _error_line(capsys)
+    # An existing run folder is never overwritten.
+    assert cli.main(["train", "--out", str(run.parent), "--name", run.name, *TINY]) == 1
+    assert "already exists (complete)" in _error_line(capsys)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--epochs", "many"])
+    assert e.value.code == 2
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "sample", "export"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    assert f"usage: tfp-coupling {command}" in capsys.readouterr().out
+
+
+def test_python_dash_m_trains_with_a_progress_bar(tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tfp_coupling", "train", "--epochs", "1", "--couplings", "2",
+         "--hidden", "8", "--dataset", "rings", "--out", str(tmp_path), "--name", "sub",
+         "--mixed-precision", "mixed_bfloat16"],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "32/32" in proc.stdout and "nll:" in proc.stdout  # Keras' progress bar
+    assert f"run folder: {tmp_path / 'sub'}" in proc.stdout
+    metrics = json.loads((tmp_path / "sub" / "metrics.json").read_text())
+    assert metrics["config"]["mixed_precision"] == "mixed_bfloat16"
+    assert math.isfinite(metrics["test_nll"])
+
+
+def test_train_without_matplotlib_fails_before_training(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    assert cli.main(["train", "--out", str(tmp_path / "runs"), "--name", "x"]) == 1
+    assert "pip install 'tfp-coupling[plot]'" in _error_line(capsys)
+    assert not (tmp_path / "runs").exists()

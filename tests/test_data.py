@@ -1,0 +1,276 @@
+"""Datasets: the 2-D toy densities, tables (standardisation and its log-det), MNIST offline."""
+
+from __future__ import annotations
+
+import gzip
+import math
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tfp_coupling import data
+
+MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+needs_mnist = pytest.mark.skipif(not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
+                                 reason=f"shared MNIST files not found in {MNIST_DIR}")
+
+
+# ------------------------------------------------------------------------------------------
+# 2-D toy densities
+
+
+@pytest.mark.parametrize("name", sorted(data.TOY_2D))
+def test_toy_splits_shape_determinism_and_disjointness(name):
+    splits = {s: data.load(name, s) for s in data.SPLITS}
+    for s, x in splits.items():
+        assert x.shape == (data.TOY_SIZES[s], 2) and x.dtype == np.float32
+        assert np.all(np.isfinite(x))
+    again = data.load(name, "test")
+    np.testing.assert_array_equal(again, splits["test"])
+    other_seed = data.load(name, "test", seed=1)
+    assert not np.allclose(other_seed, splits["test"])
+    train_rows = {r.tobytes() for r in splits["train"]}
+    assert not any(r.tobytes() in train_rows for r in splits["test"])
+    both = data.load(name, "all")
+    np.testing.assert_array_equal(both, np.concatenate([splits[s] for s in data.SPLITS]))
+    _, info = data.load(name, "train", with_info=True)
+    assert info.kind == "toy2d" and info.event_shape == (2,)
+    assert info.log_det_correction == 0.0 and not info.discrete
+    assert data.load(name, "train", n=10).shape == (10, 2)
+
+
+def test_toy_densities_have_their_shapes():
+    r = np.linalg.norm(data.load("rings", "train"), axis=1)
+    ring = np.round(r / 0.75)
+    assert set(np.unique(ring)) == {1, 2, 3, 4}
+    assert np.abs(r - 0.75 * ring).mean() < 0.1
+    r = np.linalg.norm(data.load("circles", "train"), axis=1)
+    assert np.mean(np.minimum(abs(r - 1), abs(r - 2)) < 0.3) > 0.97
+    x = data.load("eight_gaussians", "train")
+    angle = np.round(np.arctan2(x[:, 1], x[:, 0]) / (np.pi / 4)) % 8
+    counts = np.bincount(angle.astype(int), minlength=8)
+    assert counts.min() > 0.1 * len(x)
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1).mean(), 2 * math.sqrt(2), atol=0.1)
+    x = data.load("checkerboard", "train")
+    assert np.all(np.abs(x) <= 4)
+    square = (np.floor(x[:, 0] / 2) + np.floor(x[:, 1] / 2)) % 2
+    assert np.all(square == square[0])  # every point on one colour of the board
+    x = data.load("two_spirals", "train")
+    np.testing.assert_allclose(x.mean(axis=0), 0.0, atol=0.15)  # point-symmetric pair
+    x = data.load("pinwheel", "train")
+    assert np.abs(np.linalg.norm(x, axis=1).mean() - 2.0) < 0.5
+
+
+def test_two_moons_keeps_its_signature():
+    x = data.two_moons(100, noise=0.0, seed=3).astype(np.float64)
+    r_upper = np.linalg.norm(x, axis=1)  # upper moon: unit circle about the origin
+    r_lower = np.linalg.norm(x - [1.0, 0.5], axis=1)  # lower moon: unit circle about (1, 0.5)
+    on_upper = np.isclose(r_upper, 1.0, atol=1e-5) & (x[:, 1] >= -1e-6)
+    on_lower = np.isclose(r_lower, 1.0, atol=1e-5) & (x[:, 1] <= 0.5 + 1e-6)
+    assert np.all(on_upper | on_lower) and on_upper.sum() == on_lower.sum() == 50
+    np.testing.assert_array_equal(data.two_moons(5, seed=1), data.two_moons(5, seed=1))
+
+
+def test_unknown_names_and_splits():
+    with pytest.raises(ValueError, match=r"unknown dataset 'moons2'.*two_moons"):
+        data.load("moons2")
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        data.load("two_moons", "dev")
+    with pytest.raises(ValueError, match="positive integer"):
+        data.load("rings", n=0)
+
+
+# ------------------------------------------------------------------------------------------
+# tables
+
+
+def _write_csv(path: Path, x: np.ndarray, header: str | None = "a,b,c") -> Path:
+    lines = ([header] if header else []) + [",".join(f"{v:.17g}" for v in row) for row in x]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _gaussian_table(n=500, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, 3)) * np.array([0.5, 3.0, 10.0]) + np.array([1.0, -2.0, 40.0])
+
+
+def test_csv_standardised_with_training_statistics(tmp_path):
+    x = _gaussian_table()
+    path = _write_csv(tmp_path / "t.csv", x)
+    train, info = data.load(str(path), "train", with_info=True)
+    val, test = data.load(str(path), "validation"), data.load(str(path), "test")
+    assert info.kind == "tabular" and info.event_shape == (3,)
+    assert (len(train), len(val), len(test)) == (400, 50, 50)
+    np.testing.assert_allclose(train.mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(train.std(axis=0), 1.0, atol=1e-5)
+    raw_train = info.to_data_units(train).astype(np.float64)
+    # The rows are the file's rows, and the statistics are those of the training rows only.
+    nearest = np.abs(raw_train[:, None, :] - x[None, :, :]).max(axis=2).min(axis=1)
+    assert nearest.max() < 1e-4
+    np.testing.assert_allclose(info.shift, raw_train.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(info.scale, raw_train.std(axis=0), rtol=1e-4)
+    assert not np.allclose(info.scale, x.std(axis=0), rtol=1e-6)  # not the whole file's
+    np.testing.assert_allclose(info.log_det_correction, -np.log(info.scale).sum())
+
+
+def test_standardisation_correction_gives_the_density_in_data_units(tmp_path):
+    # A "model" that is exactly N(0, I) in model units is the Gaussian N(shift, diag scale^2)
+    # in data units: log p_data(x) = log N(z; 0, I) - sum(log scale).
+    x = _gaussian_table()
+    path = _write_csv(tmp_path / "t.csv", x, header=None)
+    z, info = data.load(str(path), "test", with_info=True)
+    log_p_model = -0.5 * (z.astype(np.float64) ** 2).sum(1) - 1.5 * math.log(2 * math.pi)
+    log_p_data = info.log_prob_to_data_units(log_p_model)
+    raw = info.to_data_units(z).astype(np.float64)
+    expected = (-0.5 * (((raw - info.shift) / info.scale) ** 2).sum(1)
+                - np.log(info.scale).sum() - 1.5 * math.log(2 * math.pi))
+    np.testing.assert_allclose(log_p_data, expected, rtol=1e-5)
+    # Doubling the data's units lowers every log-density by D log 2.
+    path2 = _write_csv(tmp_path / "t2.csv", 2 * x, header=None)
+    _, info2 = data.load(str(path2), "test", with_info=True)
+    np.testing.assert_allclose(info.log_det_correction - info2.log_det_correction,
+                               3 * math.log(2), rtol=1e-6)
+
+
+def test_npy_tables_and_reused_statistics(tmp_path):
+    x = _gaussian_table()
+    np.save(tmp_path / "t.npy", x)
+    np.save(tmp_path / "shifted.npy", x + 100.0)
+    a, info = data.load(str(tmp_path / "t.npy"), "train", with_info=True)
+    b, info_b = data.load(str(tmp_path / "shifted.npy"), "train", standardization=info,
+                          with_info=True)
+    np.testing.assert_allclose(b - a, np.broadcast_to(100.0 / info.scale, a.shape), rtol=1e-5)
+    np.testing.assert_array_equal(info_b.scale, info.scale)
+    raw, info_raw = data.load(str(tmp_path / "t.npy"), "all", normalize=False, with_info=True)
+    np.testing.assert_allclose(np.sort(raw, axis=0), np.sort(x, axis=0).astype(np.float32))
+    assert info_raw.log_det_correction == 0.0
+
+
+@pytest.mark.parametrize("content, match", [
+    ("a,b\n1,2\n3,nan\n" + "1,2\n" * 10, r"NaN/inf value\(s\), first at data row 2, column 2"),
+    ("a,b\n1,2\n3,\n" + "1,2\n" * 10, r"line 3, column 2: '' is not a number"),
+    ("1,2\n3,x\n" + "1,2\n" * 10, r"line 2, column 2: 'x' is not a number"),
+    ("1,2\n3,4,5\n" + "1,2\n" * 10, "line 2 has 3 columns, expected 2"),
+    ("1,2\n3,4\n", "2 rows; need at least 10"),
+    ("a,b\n", "no data rows"),
+    ("".join(f"{i},5\n" for i in range(20)), r"column\(s\) 2 are constant"),
+])
+def test_bad_csv_files_name_the_problem(tmp_path, content, match):
+    path = tmp_path / "bad.csv"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=match):
+        data.load(str(path))
+
+
+@pytest.mark.parametrize("shape", [(50,), (20, 3, 2)])
+def test_npy_of_wrong_shape(tmp_path, shape):
+    np.save(tmp_path / "x.npy", np.ones(shape))
+    with pytest.raises(ValueError, match=r"expected a 2-D array \[examples, features\]"):
+        data.load(str(tmp_path / "x.npy"))
+
+
+def test_missing_table_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"data file not found: .*nope\.csv"):
+        data.load(str(tmp_path / "nope.csv"))
+
+
+# ------------------------------------------------------------------------------------------
+# images
+
+
+@needs_mnist
+def test_mnist_offline_from_the_shared_test_file():
+    raw = data.read_idx(MNIST_DIR / "t10k-images-idx3-ubyte.gz")
+    splits = {}
+    for s in data.SPLITS:
+        splits[s], info = data.load("mnist", s, data_dir=MNIST_DIR, with_info=True)
+    assert {s: len(x) for s, x in splits.items()} == {"train": 7000, "validation": 1000,
+                                                       "test": 2000}
+    assert info.sizes == {"train": 7000, "validation": 1000, "test": 2000}
+    assert info.kind == "image" and info.discrete and info.event_shape == (28, 28, 1)
+    np.testing.assert_array_equal(splits["train"][..., 0] * 256, raw[:7000])
+    np.testing.assert_array_equal(splits["validation"][..., 0] * 256, raw[7000:8000])
+    np.testing.assert_array_equal(splits["test"][..., 0] * 256, raw[8000:])
+    assert splits["test"].max() < 1.0 and info.bin_width == 1 / 256
+    np.testing.assert_allclose(info.log_det_correction, -784 * math.log(256))
+    # bits/dim of the data-unit NLL: D log(256) nats of a uniform density = 8 bits per pixel.
+    assert info.bits_per_dim(784 * math.log(256)) == pytest.approx(8.0)
+    deq = info.dequantize(splits["test"][:5], np.random.default_rng(0))
+    assert np.all(deq >= splits["test"][:5]) and np.all(deq < splits["test"][:5] + 1 / 256)
+    # The parent folder (holding mnist/) works too, and normalize=False keeps pixel values.
+    x, info_raw = data.load("mnist", "test", data_dir=MNIST_DIR.parent, normalize=False,
+                            with_info=True)
+    np.testing.assert_array_equal(x[..., 0], raw[8000:])
+    assert info_raw.log_det_correction == 0.0 and info_raw.bin_width == 1.0
+
+
+def test_idx_folder_with_a_training_file(tmp_path):
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, (200, 4, 4), dtype=np.uint8)
+    test = rng.integers(0, 256, (30, 4, 4), dtype=np.uint8)
+    for name, arr in (("train", train), ("t10k", test)):
+        header = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in arr.shape)
+        with gzip.open(tmp_path / f"{name}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(header + arr.tobytes())
+    x, info = data.load("fashion_mnist", "validation", data_dir=tmp_path, normalize=False,
+                        with_info=True)
+    np.testing.assert_array_equal(x[..., 0], train[180:])
+    assert info.sizes == {"train": 180, "validation": 20, "test": 30}
+    np.testing.assert_array_equal(data.load("fashion_mnist", "test", data_dir=tmp_path,
+                                            normalize=False)[..., 0], test)
+
+
+def test_idx_folder_problems(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data folder not found"):
+        data.load("mnist", data_dir=tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match=r"no mnist IDX files in .*t10k-images-idx3-ubyte"):
+        data.load("mnist", data_dir=tmp_path)
+    labels = np.arange(20, dtype=np.uint8)
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(
+        bytes([0, 0, 8, 1]) + (20).to_bytes(4, "big") + labels.tobytes())
+    with pytest.raises(ValueError, match=r"expected uint8 images of shape \[N, H, W\]"):
+        data.load("mnist", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="cifar10 install tensorflow-datasets"):
+        data.load("cifar10", data_dir=tmp_path)
+
+
+def test_without_tensorflow_datasets_the_message_says_what_to_install(monkeypatch):
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
+    with pytest.raises(ValueError) as e:
+        data.load("mnist")
+    message = str(e.value)
+    assert "tensorflow-datasets is not installed" in message
+    assert "pip install 'tfp-coupling[data]'" in message
+    assert "data_dir" in message and "t10k-images-idx3-ubyte.gz" in message
+
+
+def test_tensorflow_datasets_failing_offline(monkeypatch):
+    def failing_load(*args, **kwargs):
+        raise ConnectionError("Failed to resolve 'storage.googleapis.com'")
+
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets",
+                        types.SimpleNamespace(load=failing_load, as_numpy=lambda x: x))
+    with pytest.raises(ValueError, match=r"cannot load 'cifar10' from tensorflow-datasets "
+                                         r"\(ConnectionError: Failed to resolve") as e:
+        data.load("cifar10")
+    assert "needs network the first time" in str(e.value)
+
+
+@needs_mnist
+def test_data_dir_from_the_environment(monkeypatch):
+    monkeypatch.setenv(data.DATA_DIR_ENV, str(MNIST_DIR))
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
+    assert data.load("mnist", "test", n=3).shape == (3, 28, 28, 1)
+
+
+def test_dataset_info_json_round_trip():
+    x, info = data.load("two_moons", "test", with_info=True)
+    back = data.DatasetInfo.from_json(info.to_json())
+    assert back.event_shape == info.event_shape and back.kind == info.kind
+    np.testing.assert_array_equal(back.to_model_units(x), x)

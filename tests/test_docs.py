@@ -1,0 +1,59 @@
+"""Docstring examples stay runnable (doctest of every tfp_coupling module), and so does the
+README's "bijectors with plain TFP" example."""
+
+from __future__ import annotations
+
+import contextlib
+import doctest
+import importlib
+import io
+import pkgutil
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tfp_coupling
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _modules() -> list[str]:
+    names = [tfp_coupling.__name__]
+    for info in pkgutil.walk_packages(tfp_coupling.__path__, prefix=f"{tfp_coupling.__name__}."):
+        if info.name.split(".")[-1] != "__main__":  # running it would start the CLI
+            names.append(info.name)
+    return sorted(names)
+
+
+@pytest.mark.parametrize("name", _modules())
+def test_doctests(name):
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
+                             verbose=False, report=True)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} doctest(s) failed in {name}"
+
+
+def readme_python_block(heading: str) -> str:
+    """The first ```python block after the markdown heading ``heading``."""
+    text = README.read_text(encoding="utf-8")
+    match = re.search(rf"^#+ {re.escape(heading)}\s*$", text, flags=re.MULTILINE)
+    assert match, f"README.md has no heading {heading!r}"
+    block = re.search(r"```python\n(.*?)```", text[match.end():], flags=re.DOTALL)
+    assert block, f"README.md has no python block after {heading!r}"
+    return block.group(1)
+
+
+def test_readme_plain_tfp_example_runs():
+    code = readme_python_block("The bijectors with plain TFP")
+    namespace: dict = {}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, str(README), "exec"), namespace)
+    x, flow, dist = namespace["x"], namespace["flow"], namespace["dist"]
+    assert tuple(x.shape) == (8, 4)
+    log_p = dist.log_prob(x).numpy()
+    assert log_p.shape == (8,) and np.isfinite(log_p).all()
+    np.testing.assert_allclose(flow.inverse(flow.forward(x)).numpy(), x.numpy(), atol=1e-5)
+    assert out.getvalue().strip(), "the example prints log_prob and the ildj"

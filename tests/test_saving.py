@@ -1,0 +1,107 @@
+""".keras save/load with optimizer state, resume after an interrupted fit, intact checkpoints."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfp_coupling as tc
+from tfp_coupling.callbacks import NonFiniteLossError
+
+BUILDERS = {
+    "nice": lambda: tc.nice_flow(event_shape=[2], num_couplings=2, hidden_units=[16]),
+    "realnvp": lambda: tc.realnvp_flow(event_shape=[2], num_couplings=2, hidden_units=[16]),
+}
+
+
+def _weights(model: keras.Model) -> list[np.ndarray]:
+    return [v.numpy() for v in model.trainable_variables]
+
+
+@pytest.mark.parametrize("kind", sorted(BUILDERS))
+def test_keras_round_trip_with_optimizer_state(kind, tmp_path):
+    x = tc.data.two_moons(512, seed=0)
+    model = BUILDERS[kind]()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    model.fit(x, batch_size=128, epochs=2, shuffle=False, verbose=0)
+    model.save(tmp_path / "flow.keras")
+    loaded = keras.models.load_model(tmp_path / "flow.keras")
+
+    assert type(loaded) is tc.FlowModel and loaded.get_config() == model.get_config()
+    assert [type(b).__name__ for b in loaded.bijector.bijectors] == [
+        type(b).__name__ for b in model.bijector.bijectors]
+    assert len(loaded.flow_layers) == len(model.flow_layers)
+    assert np.abs(model.log_prob(x) - model.base_distribution.log_prob(x)).max() > 1e-2
+    np.testing.assert_array_equal(loaded.log_prob(x).numpy(), model.log_prob(x).numpy())
+    np.testing.assert_array_equal(loaded.sample(5, seed=3).numpy(), model.sample(5, seed=3).numpy())
+    # Optimizer state: same step count and moments, so one more epoch gives the same weights.
+    assert int(loaded.optimizer.iterations) == int(model.optimizer.iterations) == 8
+    for a, b in zip(model.optimizer.variables, loaded.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    model.fit(x, batch_size=128, epochs=1, shuffle=False, verbose=0)
+    loaded.fit(x, batch_size=128, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(_weights(model), _weights(loaded), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Simulates a crash at the end of epoch ``at`` (after the epoch's backup was written)."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.at:
+            raise KeyboardInterrupt(f"interrupted after epoch {epoch + 1}")
+
+
+def _fresh_model() -> tc.FlowModel:
+    keras.utils.set_random_seed(7)  # the same initial weights each time
+    model = tc.realnvp_flow(event_shape=[2], num_couplings=2, hidden_units=[16])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    return model
+
+
+def test_backup_and_restore_resumes_an_interrupted_fit(tmp_path):
+    x = tc.data.two_moons(512, seed=0)
+    fit = dict(batch_size=128, epochs=4, shuffle=False, verbose=0)
+
+    reference = _fresh_model()
+    ref_history = reference.fit(x, **fit).history
+
+    backup = str(tmp_path / "backup")
+    first = _fresh_model()
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(x, callbacks=[keras.callbacks.BackupAndRestore(backup), _Interrupt(at=1)],
+                  **fit)
+    resumed = _fresh_model()  # a new process would start like this
+    history = resumed.fit(x, callbacks=[keras.callbacks.BackupAndRestore(backup)], **fit).history
+
+    assert len(history["loss"]) == 2  # epochs 3 and 4 only: epochs 1-2 were restored
+    assert int(resumed.optimizer.iterations) == int(reference.optimizer.iterations) == 16
+    np.testing.assert_allclose(history["loss"], ref_history["loss"][2:], rtol=1e-5)
+    for a, b in zip(_weights(reference), _weights(resumed), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_nan_loss_does_not_overwrite_checkpoints(tmp_path):
+    x = tc.data.two_moons(512, seed=0)
+    ckpt = tmp_path / "best.keras"
+    model = BUILDERS["realnvp"]()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    model.fit(x, batch_size=128, epochs=1, verbose=0,
+              callbacks=[keras.callbacks.ModelCheckpoint(ckpt)])
+    saved = ckpt.read_bytes()
+    good = model.log_prob(x[:16]).numpy()
+
+    # One batch of extreme (finite) values sends the loss to inf in the second epoch.
+    bad = x.copy()
+    bad[300:310] = 1e30
+    data = tf.data.Dataset.from_tensor_slices(bad).batch(128)
+    with pytest.raises(NonFiniteLossError, match="batch index 2 of epoch 1"):
+        model.fit(data, epochs=2, verbose=0, callbacks=[keras.callbacks.ModelCheckpoint(ckpt)])
+    assert ckpt.read_bytes() == saved
+    np.testing.assert_array_equal(keras.models.load_model(ckpt).log_prob(x[:16]).numpy(), good)

@@ -1,0 +1,199 @@
+"""Training: nll/bits_per_dim metrics, XLA, mixed precision, non-finite guard, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfp_coupling as tc
+from tfp_coupling.callbacks import NonFiniteLossError, StopOnNonFiniteLoss
+
+
+def _flow(**kwargs) -> tc.FlowModel:
+    return tc.realnvp_flow(event_shape=[2], num_couplings=2, hidden_units=[16], **kwargs)
+
+
+@pytest.fixture(scope="module")
+def moons():
+    return tc.data.two_moons(512, seed=0), tc.data.two_moons(256, seed=1)
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+def test_fit_and_evaluate_report_nll_and_bits_per_dim(moons):
+    train, val = moons
+    model = _flow()
+    model.report_bits_per_dim = True
+    model.bits_per_dim_tracker = keras.metrics.Mean(name="bits_per_dim")
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    history = model.fit(train, batch_size=128, epochs=2, validation_data=val, verbose=0).history
+    assert set(history) == {"loss", "nll", "bits_per_dim", "val_loss", "val_nll",
+                            "val_bits_per_dim"}
+    np.testing.assert_allclose(history["nll"], history["loss"], rtol=1e-6)
+    np.testing.assert_allclose(history["bits_per_dim"],
+                               np.array(history["nll"]) / (2 * math.log(2)), rtol=1e-5)
+    assert history["nll"][1] < history["nll"][0]
+
+    # evaluate == -mean(log_prob) over the whole set, whatever the batching (100 ∤ 256)
+    want = -float(np.mean(model.log_prob(val).numpy().astype(np.float64)))
+    got = model.evaluate(val, batch_size=100, return_dict=True, verbose=0)
+    assert set(got) == {"loss", "nll", "bits_per_dim"}
+    assert got["nll"] == pytest.approx(want, abs=1e-5)
+    assert got["loss"] == pytest.approx(want, abs=1e-5)
+    assert got["bits_per_dim"] == pytest.approx(want / (2 * math.log(2)), abs=1e-5)
+    # the last epoch's validation figures were computed on the same model
+    assert history["val_nll"][-1] == pytest.approx(want, abs=1e-5)
+    # a tf.data pipeline gives the same
+    ds = tf.data.Dataset.from_tensor_slices(val).batch(64)
+    assert model.evaluate(ds, return_dict=True, verbose=0)["nll"] == pytest.approx(want, abs=1e-5)
+
+
+def test_bits_per_dim_flag_from_the_constructor():
+    model = tc.FlowModel(tc.Rescaling([3]), [3], report_bits_per_dim=True)
+    model.compile(optimizer="sgd")
+    x = np.random.default_rng(0).normal(size=(64, 3)).astype("float32")
+    got = model.evaluate(x, return_dict=True, verbose=0)
+    want = -float(np.mean(model.log_prob(x)))
+    assert got["nll"] == pytest.approx(want, abs=1e-5)
+    assert got["bits_per_dim"] == pytest.approx(want / (3 * math.log(2)), abs=1e-5)
+    assert "bits_per_dim" not in _flow().metrics_names
+
+
+# -- XLA --------------------------------------------------------------------------------------
+
+
+def test_jit_compile_trains_like_the_graph_step(moons):
+    train, _ = moons
+    losses = {}
+    for jit in (False, True):
+        keras.utils.set_random_seed(3)
+        model = _flow()
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=jit)
+        assert model.jit_compile is jit
+        losses[jit] = model.fit(train, batch_size=128, epochs=2, shuffle=False,
+                                verbose=0).history["loss"]
+    assert losses[True][-1] < losses[True][0] - 0.05
+    np.testing.assert_allclose(losses[True], losses[False], rtol=1e-4)
+
+
+# -- mixed precision --------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["mixed_float16", "mixed_bfloat16"])
+def mixed_policy(request):
+    keras.config.set_dtype_policy(request.param)
+    yield request.param
+    keras.config.set_dtype_policy("float32")
+
+
+def test_mixed_precision_trains_with_float32_log_densities(mixed_policy, moons):
+    train, _ = moons
+    model = _flow()
+    compute = "float16" if mixed_policy == "mixed_float16" else "bfloat16"
+    assert all(layer.compute_dtype == compute for layer in model.flow_layers)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (
+        compute == "float16")
+    history = model.fit(train, batch_size=128, epochs=2, verbose=0).history
+    assert np.isfinite(history["loss"]).all()
+    assert history["loss"][-1] < history["loss"][0] - 0.05
+    z, ildj = tc.fused.inverse_and_log_det(model.bijector, tf.constant(train[:8]), 1)
+    assert z.dtype == ildj.dtype == model.log_prob(train[:8]).dtype == tf.float32
+    assert np.isfinite(model.log_prob(train).numpy()).all()
+
+
+# -- non-finite loss --------------------------------------------------------------------------
+
+
+def _data_with_extreme_batch(x: np.ndarray, batch: int, batch_size: int) -> tf.data.Dataset:
+    """Finite data whose batch ``batch`` holds 1e30 values: its log_prob is -inf."""
+    x = x.copy()
+    x[batch * batch_size + 3] = 1e30
+    return tf.data.Dataset.from_tensor_slices(x).batch(batch_size)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_non_finite_loss_stops_naming_the_batch(moons, jit):
+    train, _ = moons
+    model = _flow()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=jit)
+    with pytest.raises(NonFiniteLossError, match=r"batch index 2 of epoch 1\b"):
+        model.fit(_data_with_extreme_batch(train, 2, 64), epochs=2, verbose=0)
+
+
+def test_stop_without_raising(moons):
+    train, _ = moons
+    model = _flow()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    guard = StopOnNonFiniteLoss(raise_error=False)
+    history = model.fit(_data_with_extreme_batch(train, 1, 64), epochs=3, callbacks=[guard],
+                        verbose=0).history
+    assert len(history["loss"]) == 1  # stopped in the first epoch
+    assert "batch index 1 of epoch 1" in guard.message
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+
+def test_wrong_event_shape_is_rejected_up_front(moons):
+    train, _ = moons
+    model = _flow()
+    model.compile(optimizer="adam")
+    with pytest.raises(ValueError, match=r"shape \[512, 3\]; expected \[batch, 2\]"):
+        model.fit(np.zeros((512, 3), "float32"), verbose=0)
+    with pytest.raises(ValueError, match=r"validation_data has shape \[8, 2, 1\]"):
+        model.fit(train, validation_data=np.zeros((8, 2, 1), "float32"), verbose=0)
+    with pytest.raises(ValueError, match=r"batches of shape \[None, 4\]"):
+        model.evaluate(tf.data.Dataset.from_tensor_slices(np.zeros((8, 4), "float32")).batch(2))
+    with pytest.raises(ValueError, match=r"not batches: call dataset.batch"):
+        model.fit(tf.data.Dataset.from_tensor_slices(train), verbose=0)
+    with pytest.raises(ValueError, match=r"event shape \[2\]"):
+        model.log_prob(np.zeros((4, 5), "float32"))
+    with pytest.raises(TypeError, match="numbers"):
+        model.fit(np.array([["a", "b"]]), verbose=0)
+    assert int(model.optimizer.iterations) == 0  # nothing trained
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_or_inf_in_arrays_is_rejected_up_front(moons, bad):
+    train, _ = moons
+    model = _flow()
+    model.compile(optimizer="adam")
+    x = train.copy()
+    x[37, 1] = bad
+    with pytest.raises(ValueError, match=r"NaN or Inf values in 1 example\(s\), first at index 37"):
+        model.fit(x, verbose=0)
+    with pytest.raises(ValueError, match=r"NaN or Inf"):
+        model.evaluate(x, verbose=0)
+    with pytest.raises(ValueError, match=r"NaN or Inf value\(s\), first at index \[37, 1\]"):
+        model.log_prob(x)
+    with pytest.raises(ValueError, match=r"NaN or Inf"):
+        model.log_prob(tf.constant(x))
+
+
+def test_nan_in_a_dataset_names_the_batch(moons):
+    train, val = moons
+    model = _flow()
+    model.compile(optimizer="adam")
+    x = train.copy()
+    x[200] = np.nan
+    ds = tf.data.Dataset.from_tensor_slices(x).batch(64)
+    before = [v.numpy() for v in model.trainable_variables]
+    with pytest.raises(ValueError, match=r"training batch index 3 of epoch 1 contains NaN or Inf"):
+        model.fit(ds, verbose=0)
+    assert int(model.optimizer.iterations) == 3  # batches 0-2 trained, batch 3 not applied
+    assert all(np.isfinite(v.numpy()).all() for v in model.trainable_variables)
+    assert any(np.abs(a - v.numpy()).max() > 0 for a, v in zip(
+        before, model.trainable_variables, strict=True))
+    with pytest.raises(ValueError, match=r"evaluation batch index 3 contains NaN or Inf"):
+        model.evaluate(ds, verbose=0)
+    v = val.copy()
+    v[70] = np.inf
+    val_ds = tf.data.Dataset.from_tensor_slices(v).batch(64)
+    with pytest.raises(ValueError, match=r"validation batch index 1 of epoch 1 contains NaN"):
+        model.fit(train, batch_size=128, validation_data=val_ds, verbose=0)

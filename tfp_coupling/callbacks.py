@@ -1,0 +1,118 @@
+"""Keras callbacks for training flows: stop at the first non-finite loss, naming where.
+
+``FlowModel.fit`` adds :class:`StopOnNonFiniteLoss` to its callbacks unless one (or Keras's
+``TerminateOnNaN``) is already there. To resume an interrupted run, Keras's own
+``keras.callbacks.BackupAndRestore(backup_dir)`` works with ``FlowModel`` as is: it restores the
+weights, the optimizer state and the epoch counter, and a rerun of the same ``fit`` call
+continues where the last completed epoch left off.
+
+Example:
+    >>> import tempfile, keras, numpy as np, tfp_coupling as tc
+    >>> model = tc.nice_flow(event_shape=[2], num_couplings=2, hidden_units=[8])
+    >>> model.compile(optimizer="adam")
+    >>> x = tc.data.two_moons(256, seed=0)
+    >>> backup = keras.callbacks.BackupAndRestore(tempfile.mkdtemp())
+    >>> history = model.fit(x, batch_size=64, epochs=2, callbacks=[backup], verbose=0)
+    >>> sorted(history.history)
+    ['loss', 'nll']
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+
+__all__ = ["NonFiniteLossError", "StopOnNonFiniteLoss"]
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or Inf; the message says at which epoch and batch."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stops ``fit`` at the first batch whose loss is NaN or Inf and says which batch it was.
+
+    The check reads ``logs["loss"]`` after every training batch (the running mean of the epoch,
+    which turns non-finite at the first bad batch). With ``raise_error=True`` (the default) it
+    raises :class:`NonFiniteLossError`; ``fit`` then ends before ``on_epoch_end``, so
+    ``ModelCheckpoint`` and ``BackupAndRestore`` never write the broken weights over the last good
+    checkpoint. With ``raise_error=False`` it sets ``model.stop_training``, prints the message and
+    keeps it in ``self.message`` (the epoch still ends normally, like ``TerminateOnNaN``).
+
+    The callback also records where training is (``epoch``, ``batch``, ``phase``), which
+    ``FlowModel`` uses to name the batch in its "data contains NaN or Inf" errors.
+
+    Args:
+        raise_error: raise :class:`NonFiniteLossError` instead of only stopping.
+
+    Example:
+        >>> import keras, numpy as np, tfp_coupling as tc
+        >>> model = tc.nice_flow(event_shape=[2], num_couplings=2, hidden_units=[8])
+        >>> model.compile(optimizer=keras.optimizers.SGD(1e30))  # diverges at once
+        >>> cb = tc.callbacks.StopOnNonFiniteLoss(raise_error=False)
+        >>> x = np.random.default_rng(0).normal(size=(256, 2)).astype("float32")
+        >>> history = model.fit(x, batch_size=32, epochs=3, callbacks=[cb], verbose=0)
+        nice: non-finite loss (...) at training batch index ... of epoch 1; training stopped. ...
+        >>> len(history.history["loss"]), cb.message.startswith("nice: non-finite loss")
+        (1, True)
+    """
+
+    def __init__(self, raise_error: bool = True) -> None:
+        super().__init__()
+        self.raise_error = bool(raise_error)
+        self.message: str | None = None
+        self.epoch = 0
+        self.batch: int | None = None
+        self.phase = "evaluation"
+        self._fitting = False
+
+    def on_train_begin(self, logs=None) -> None:
+        self.message = None
+        self._fitting = True
+
+    def on_train_end(self, logs=None) -> None:
+        self._fitting = False
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.epoch, self.batch, self.phase = epoch, None, "training"
+
+    def on_train_batch_begin(self, batch: int, logs=None) -> None:
+        self.batch, self.phase = batch, "training"
+
+    def on_test_begin(self, logs=None) -> None:
+        self.batch = None
+        self.phase = "validation" if self._fitting else "evaluation"
+
+    def on_test_batch_begin(self, batch: int, logs=None) -> None:
+        self.batch = batch
+
+    def on_test_end(self, logs=None) -> None:
+        if self.phase == "validation":
+            self.phase = "training"
+
+    def where(self) -> str:
+        """Where training is, e.g. ``"training batch index 3 of epoch 2"`` (epochs from 1)."""
+        batch = "?" if self.batch is None else self.batch
+        if self.phase == "evaluation":
+            return f"evaluation batch index {batch}"
+        return f"{self.phase} batch index {batch} of epoch {self.epoch + 1}"
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        loss = float(loss)
+        if math.isfinite(loss):
+            return
+        name = getattr(self.model, "name", "model")
+        self.message = (
+            f"{name}: non-finite loss ({loss}) at training batch index {batch} of epoch "
+            f"{self.epoch + 1}; training stopped. The weights in memory may now be NaN (the last "
+            f"checkpoint is untouched). Check the data for NaN/Inf and extreme values, or lower "
+            f"the learning rate."
+        )
+        self.model.stop_training = True
+        if self.raise_error:
+            raise NonFiniteLossError(self.message)
+        print(self.message)
