@@ -374,7 +374,7 @@ def report(title: str, cs: list[Contender]) -> str:
         vs_floor = ratios(c, by[(c.floor, "train")]) if c.floor else ""
         tfp = by.get(("TFP RealNVP" + _x(c.xla), "train"))
         vs_tfp = ratios(tfp, c) if tfp is not None and not c.name.startswith("floor") else ""
-        mem = f"{c.peak_mb:.1f}" if c.peak_mb is not None else ""
+        mem = "" if c.peak_mb is None else "<0.1" if c.peak_mb < 0.05 else f"{c.peak_mb:.1f}"
         lines.append(f"| {c.name} | {1e3 * t:.1f} | {c.batch / t:,.0f} | {vs_floor} | {vs_tfp} "
                      f"| {mem} |")
     evals = [c for c in cs if c.kind != "train"]

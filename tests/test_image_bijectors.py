@@ -159,7 +159,7 @@ def test_logit_preprocessing_rejects_bad_arguments():
 # ------------------------------------------------------------------------------ couplings
 
 
-@pytest.mark.parametrize(("shape", "parity"), zip(SHAPES, (0, 1, 0), strict=True))
+@pytest.mark.parametrize(("shape", "parity"), list(zip(SHAPES, (0, 1, 0), strict=True)))
 def test_affine_checkerboard_coupling_with_resnet_harness(shape, parity):
     b = resnet_coupling(masks.checkerboard_mask(*shape, parity=parity), seed=parity)
     check_bijector(b, shape, batch_shapes=batches(shape))

@@ -149,11 +149,14 @@ def test_tiny_fit_lowers_nll_on_real_digits(builder):
     model.fit(x, batch_size=32, epochs=4, verbose=0)
     after = bits_per_dim(model, x, seed=1)
     assert after < before - 0.3, (before, after)
-    # evaluate's bits_per_dim is -mean log p / (D ln 2) of the data it is given.
-    noisy = x + np.random.default_rng(1).uniform(size=x.shape).astype("float32")
-    result = model.evaluate(noisy, batch_size=48, verbose=0, return_dict=True)
-    np.testing.assert_allclose(result["bits_per_dim"], after, rtol=1e-4)
-    np.testing.assert_allclose(result["nll"], after * 784 * LN2, rtol=1e-4)
+    # evaluate dequantises integer pixels as fit does: its bits_per_dim is -mean log p(x + u) /
+    # (D ln 2) for fresh noise u, so it matches bits_per_dim's seeded draw up to the spread over
+    # noise draws, and a second evaluate (new noise) gives a different value.
+    result = model.evaluate(x, batch_size=48, verbose=0, return_dict=True)
+    again = model.evaluate(x, batch_size=48, verbose=0, return_dict=True)
+    np.testing.assert_allclose(result["nll"], result["bits_per_dim"] * 784 * LN2, rtol=1e-5)
+    assert abs(result["bits_per_dim"] - after) < 0.05, (result, after)
+    assert result["bits_per_dim"] != again["bits_per_dim"]
 
 
 def test_sampling_with_temperature_and_the_grid(tmp_path, rng):

@@ -466,7 +466,7 @@ def _train(run: Path, config: dict, info, x_train, x_val, x_test, verbose: int) 
         _init_nice_scaling(model, x_train, info, config["seed"])
     correction = info.log_det_correction
     val = x_val
-    if info.discrete:  # one fixed dequantisation of the validation images
+    if info.discrete and not model.dequantize:  # image models' evaluate dequantises itself
         val = info.dequantize(x_val, np.random.default_rng(_noise_seed(config, "validation")))
     callbacks = [
         _history_callback(history_path, history, correction),

@@ -68,9 +68,9 @@ class FlowModel(keras.Model):
         flow_dtype: float dtype of data, base distribution and log-dets.
         flow_config: how a builder made this flow (``{"builder": name, **kwargs}``), used by
             ``get_config``/``from_config`` to rebuild it when loading a ``.keras`` file.
-        dequantize: the data are integer-valued (e.g. 8-bit pixels): in training, add uniform
-            noise ``u ~ U[0, 1)`` to each value, so that the flow's density on the continuous
-            values lower-bounds the probability of the discrete ones.
+        dequantize: the data are integer-valued (e.g. 8-bit pixels): ``fit`` and ``evaluate`` add
+            uniform noise ``u ~ U[0, 1)`` to each value, so that the flow's density on the
+            continuous values lower-bounds the probability of the discrete ones.
         report_bits_per_dim: also report ``bits_per_dim = nll / (D ln 2)`` (``D`` the event size),
             the figure image-flow papers report.
 
@@ -183,10 +183,20 @@ class FlowModel(keras.Model):
                 - 0.5 * self.event_size * math.log(2.0 * math.pi)) + ildj
 
     def call(self, x, training: bool = False):
-        if training and self.dequantize:
-            x = self._as_input(x)
-            x = x + keras.random.uniform(tf.shape(x), dtype=x.dtype, seed=self.noise_seed)
         return self.log_prob(x)
+
+    def _dequantized(self, data):
+        """The batch with ``u ~ U[0, 1)`` added to ``x`` when ``dequantize`` is on.
+
+        Used by ``fit`` and ``evaluate`` alike, so both report the dequantised likelihood (the
+        papers' bits/dim); ``log_prob`` and ``model(x)`` evaluate ``x`` as given.
+        """
+        if not self.dequantize:
+            return data
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x = self._as_input(x)
+        x = x + keras.random.uniform(tf.shape(x), dtype=x.dtype, seed=self.noise_seed)
+        return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
 
     @property
     def event_size(self) -> int:
@@ -269,11 +279,11 @@ class FlowModel(keras.Model):
 
     def train_step(self, data):
         with self._finite_batch_guard(data):
-            return _multi_worker_logs(super().train_step(data))
+            return _multi_worker_logs(super().train_step(self._dequantized(data)))
 
     def test_step(self, data):
         with self._finite_batch_guard(data):
-            return _multi_worker_logs(super().test_step(data))
+            return _multi_worker_logs(super().test_step(self._dequantized(data)))
 
     def _check_data(self, data, what: str) -> None:
         """Raises a clear error up front for data of the wrong event shape or with NaN/Inf.

@@ -37,7 +37,7 @@ class ActNormParams(keras.layers.Layer):
 
     @property
     def is_initialized(self) -> bool:
-        return bool(keras.ops.convert_to_numpy(self.initialized) > 0.5)
+        return bool(tf.convert_to_tensor(self.initialized).numpy() > 0.5)
 
     def initialize_from(self, y: tf.Tensor, epsilon: float = 1e-6) -> None:
         """Sets ``bias = mean(y)`` and ``log_scale = log(std(y) + eps)`` per channel (eager)."""
