@@ -85,10 +85,7 @@ def _walk(bijector, x, event_ndims: int, forward: bool):
     if isinstance(bijector, FlowBijector):
         out, ldj = (bijector.forward_and_log_det(x) if forward
                     else bijector.inverse_and_log_det(x))
-        extra = event_ndims - len(bijector.event_shape)
-        if extra > 0:
-            ldj = tf.reduce_sum(ldj, axis=list(range(-extra, 0)))
-        return out, ldj, event_ndims
+        return out, _sum_extra_event_dims(ldj, event_ndims, bijector), event_ndims
     if forward:
         ldj = bijector.forward_log_det_jacobian(x, event_ndims=event_ndims)
         return bijector.forward(x), ldj, bijector.forward_event_ndims(event_ndims)
@@ -153,8 +150,12 @@ def _walk_coupling_run(run, x, event_ndims: int, forward: bool):
         if k < len(run) - 1:
             a, b = b, a
     out = run[-1].partition.merge(a, b)
-    ldj = _sum_log_dets(ldjs)
-    extra = event_ndims - len(first.event_shape)
+    return out, _sum_extra_event_dims(_sum_log_dets(ldjs), event_ndims, first)
+
+
+def _sum_extra_event_dims(ldj: tf.Tensor, event_ndims: int, bijector: FlowBijector) -> tf.Tensor:
+    """Sums a log-det over the event dims beyond the bijector's own (TFP's event_ndims rule)."""
+    extra = event_ndims - len(bijector.event_shape)
     if extra > 0:
         ldj = tf.reduce_sum(ldj, axis=list(range(-extra, 0)))
-    return out, ldj
+    return ldj

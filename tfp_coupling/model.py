@@ -12,6 +12,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_coupling import fused
+from tfp_coupling.bijectors.base import check_event_shape
 from tfp_coupling.callbacks import StopOnNonFiniteLoss
 
 _NONFINITE_DATA = "tfp_coupling: batch contains NaN or Inf values"
@@ -151,16 +152,7 @@ class FlowModel(keras.Model):
             if not (x.dtype.is_floating or x.dtype.is_integer):
                 raise TypeError(f"{self.name}: data must be numeric, got dtype {x.dtype.name}")
             x = tf.cast(x, self.flow_dtype)
-        rank = len(self.event_shape)
-        if x.shape.rank is not None:
-            given = x.shape.as_list()[max(x.shape.rank - rank, 0):]
-            if x.shape.rank < rank or any(
-                    g is not None and g != e for g, e in zip(given, self.event_shape, strict=True)):
-                raise ValueError(
-                    f"{self.name}: data has shape {x.shape.as_list()}; expected "
-                    f"[batch, {', '.join(map(str, self.event_shape))}] "
-                    f"(event shape {list(self.event_shape)})"
-                )
+        check_event_shape(x.shape, self.event_shape, self.name, "data")
         if tf.executing_eagerly() and not isinstance(x, keras.KerasTensor):
             finite = tf.math.is_finite(x)
             if not bool(tf.reduce_all(finite)):

@@ -19,7 +19,7 @@ from tensorflow_probability.python.internal import cache_util
 
 tfb = tfp.bijectors
 
-__all__ = ["Chain", "FlowBijector", "UncachedBijectorCache"]
+__all__ = ["Chain", "FlowBijector", "UncachedBijectorCache", "check_event_shape"]
 
 
 class UncachedBijectorCache(cache_util.BijectorCache):
@@ -150,20 +150,8 @@ class FlowBijector(tfb.Bijector):
         x = tf.convert_to_tensor(x, dtype=self._flow_dtype, name=what)
         expected = list(self._output_event_shape if what == "y" else self._event_shape)
         rank = len(expected)
-        if x.shape.rank is not None:
-            if x.shape.rank < rank:
-                raise ValueError(
-                    f"{self.name}: {what} has shape {x.shape.as_list()} (rank {x.shape.rank}); "
-                    f"expected [..., {', '.join(map(str, expected))}] (event rank {rank})"
-                )
-            given = x.shape.as_list()[x.shape.rank - rank:]
-            if any(g is not None and g != e for g, e in zip(given, expected, strict=True)):
-                raise ValueError(
-                    f"{self.name}: {what} has event shape {given} (full shape "
-                    f"{x.shape.as_list()}); expected event shape {expected}"
-                )
-            if None not in given:
-                return x
+        if check_event_shape(x.shape, expected, self.name, what):
+            return x
         if self.validate_args:
             shape = tf.shape(x)
             with tf.control_dependencies([
@@ -174,6 +162,37 @@ class FlowBijector(tfb.Bijector):
             ]):
                 x = tf.identity(x)
         return x
+
+
+def check_event_shape(shape: tf.TensorShape, expected: Sequence[int], owner: str,
+                      what: str) -> bool:
+    """Raises ``ValueError`` naming both shapes if ``shape`` cannot end in ``expected``.
+
+    Checks what is known statically (rank and trailing dimensions); returns ``True`` when the
+    event dimensions are all known, so no run-time check is needed. Shared by the bijectors'
+    input checks and ``FlowModel``'s, so both speak the same language.
+
+    Example:
+        >>> import tensorflow as tf
+        >>> check_event_shape(tf.TensorShape([8, 4]), [4], "flow", "x")
+        True
+    """
+    expected = [int(d) for d in expected]
+    rank = len(expected)
+    if shape.rank is None:
+        return False
+    if shape.rank < rank:
+        raise ValueError(
+            f"{owner}: {what} has shape {shape.as_list()} (rank {shape.rank}); "
+            f"expected [..., {', '.join(map(str, expected))}] (event rank {rank})"
+        )
+    given = shape.as_list()[shape.rank - rank:]
+    if any(g is not None and g != e for g, e in zip(given, expected, strict=True)):
+        raise ValueError(
+            f"{owner}: {what} has event shape {given} (full shape {shape.as_list()}); "
+            f"expected event shape {expected}"
+        )
+    return None not in given
 
 
 class Chain(tfb.Chain):
