@@ -1,7 +1,7 @@
 """How the training step time of tfp-coupling RealNVP grows with event size and coupling count.
 
-Two sweeps, each measured in alternating rounds (median) next to the conditioner-only floor of
-the same configuration (see ``train_throughput.py`` for what the floor is):
+Two sweeps, each measured in alternating rounds (median) next to the conditioner-only floor and
+chain floor of the same configuration (see ``train_throughput.py`` for what they are):
 
 * event size ``D`` in 2 ... 3072 with 4 couplings, hidden ``[256, 256]``, batch 256;
 * number of couplings ``K`` in 2 ... 16 with ``D = 784``, hidden ``[256, 256]``, batch 256.
@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 from train_throughput import (
     alternate,
+    chain_floor_contender,
     floor_contender,
     machine,
     paired_ratio,
@@ -43,8 +44,9 @@ def sweep(configs: list[dict], xla: bool, rounds: int, budget: float, seed: int)
                         .astype("float32"))
         flow = tc_train_contender(f"D={w['dim']} K={w['couplings']}", "realnvp", w, x, xla, seed)
         floor = floor_contender("floor", w, 2, xla, seed)
-        pairs.append((w, flow, floor))
-    everything = [c for _, flow, floor in pairs for c in (flow, floor)]
+        chain = chain_floor_contender("chain floor", w, 2, xla, seed)
+        pairs.append((w, flow, floor, chain))
+    everything = [c for _, *cs in pairs for c in cs]
     warm_up(everything, 2)
     alternate(everything, rounds, budget)
     return pairs
@@ -52,15 +54,20 @@ def sweep(configs: list[dict], xla: bool, rounds: int, budget: float, seed: int)
 
 def table(pairs: list[tuple], key: str) -> str:
     """The sweep as a table, plus a least-squares line ``t = a + b * size`` through it."""
-    lines = [f"| {key} | ms / step | floor ms / step | x floor (wall / CPU) | line fit ms |",
-             "| ---: | ---: | ---: | ---: | ---: |"]
-    size = np.array([w["dim"] if key == "D" else w["couplings"] for w, _, _ in pairs], float)
-    t = np.array([1e3 * statistics.median(flow.times) for _, flow, _ in pairs])
+    lines = [f"| {key} | ms / step | floor ms / step | x floor (wall / CPU) | "
+             "x chain floor (wall / CPU) | line fit ms |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    size = np.array([w["dim"] if key == "D" else w["couplings"] for w, *_ in pairs], float)
+    t = np.array([1e3 * statistics.median(flow.times) for _, flow, *_ in pairs])
     slope, intercept = np.polyfit(size, t, 1)
-    for (_, flow, floor), n, ms in zip(pairs, size, t, strict=True):
+
+    def ratios(num, den) -> str:
+        return (f"{paired_ratio(num.times, den.times):.2f} / "
+                f"{paired_ratio(num.cpu_times, den.cpu_times):.2f}")
+
+    for (_, flow, floor, chain), n, ms in zip(pairs, size, t, strict=True):
         lines.append(f"| {int(n)} | {ms:.2f} | {1e3 * statistics.median(floor.times):.2f} | "
-                     f"{paired_ratio(flow.times, floor.times):.2f} / "
-                     f"{paired_ratio(flow.cpu_times, floor.cpu_times):.2f} | "
+                     f"{ratios(flow, floor)} | {ratios(flow, chain)} | "
                      f"{intercept + slope * n:.2f} |")
     unit = "1000 dims" if key == "D" else "coupling"
     scale = 1000 if key == "D" else 1

@@ -13,6 +13,11 @@ Contenders (each "full step" = forward, backward and an Adam update of every wei
   backpropagate through its input; the first coupling's input is the data), then applies Adam.
   This is the cost a coupling flow cannot avoid. There is one floor per output width: the
   affine floor (``2 * d_b`` outputs, RealNVP) and the additive floor (``d_b`` outputs, NICE).
+* ``chain floor``: the same networks with the data dependencies of a coupling chain and nothing
+  else: network ``k + 1`` reads the first ``d_a`` columns of network ``k``'s output (in a flow it
+  reads the half coupling ``k`` transformed). No coupling arithmetic, no log-dets, no masks: a
+  zero-overhead coupling flow. The independent floor may run its networks side by side on
+  several cores; a chain cannot, so this is the bound a flow (ours or TFP's) can actually reach.
 * ``tc RealNVP`` / ``tc NICE``: ``tfp_coupling.realnvp_flow`` / ``nice_flow`` trained by the
   model's own Keras train step (``model.train_function``, what ``model.fit`` runs per batch),
   compiled with ``jit_compile=True`` (XLA) or ``False``.
@@ -164,6 +169,34 @@ def floor_contender(name, w, params_per_dim: int, xla: bool, seed: int) -> Conte
     return Contender(name, "train", lambda: step(xs, gs), batch, xla)
 
 
+def chain_floor_contender(name, w, params_per_dim: int, xla: bool, seed: int) -> Contender:
+    dim, batch = w["dim"], w["batch"]
+    nets = conditioner_nets(dim, w["couplings"], w["hidden"], params_per_dim, seed)
+    holder = _Holder(nets)
+    variables = holder.trainable_variables
+    opt = keras.optimizers.Adam(1e-4)
+    opt.build(variables)
+    rng = np.random.default_rng(seed)
+    x = tf.constant(rng.normal(size=(batch, _d_a(dim, 0))).astype("float32"))
+    gs = [tf.constant(rng.normal(size=(batch, params_per_dim * (dim - _d_a(dim, i))))
+                      .astype("float32") / batch) for i in range(len(nets))]
+
+    @tf.function(jit_compile=xla, autograph=False)
+    def step(x, gs):
+        with tf.GradientTape() as tape:
+            outs, h = [], x
+            for i, net in enumerate(nets):
+                outs.append(net(h))
+                # The next network conditions on what this coupling transformed: d_b(i) columns,
+                # and d_b(i) = d_a(i + 1) for alternating halves.
+                h = outs[-1][:, : _d_a(dim, i + 1)]
+        grads = tape.gradient(outs, variables, output_gradients=gs)
+        opt.apply_gradients(zip(grads, variables, strict=True))
+        return outs
+
+    return Contender(name, "train", lambda: step(x, gs), batch, xla)
+
+
 def _d_a(dim: int, i: int) -> int:
     return dim // 2 if i % 2 == 0 else dim - dim // 2
 
@@ -269,6 +302,8 @@ def build_contenders(w, seed: int, xla_modes, include_eval: bool) -> list[Conten
         cs += [
             floor_contender(f"floor affine{_x(xla)}", w, 2, xla, seed),
             floor_contender(f"floor additive{_x(xla)}", w, 1, xla, seed),
+            chain_floor_contender(f"chain floor affine{_x(xla)}", w, 2, xla, seed),
+            chain_floor_contender(f"chain floor additive{_x(xla)}", w, 1, xla, seed),
             tc_train_contender(f"tc RealNVP{_x(xla)}", "realnvp", w, x, xla, seed),
             tc_train_contender(f"tc NICE{_x(xla)}", "nice", w, x, xla, seed),
             tfp_train_contender(f"TFP RealNVP{_x(xla)}", w, x, xla, seed),
@@ -354,8 +389,10 @@ def report(title: str, cs: list[Contender]) -> str:
     """Markdown tables. Ratios are medians of per-round ratios (wall clock, and process CPU time).
 
     ``x floor``: step time / the matching floor's (same XLA setting); lower is better, 1 is the
-    floor. ``TFP / this``: TFP RealNVP's step time / this one's (same XLA setting); higher is
-    better, it is the throughput ratio.
+    floor. ``x chain floor``: the same against the chain floor (the networks with a coupling
+    chain's data dependencies and nothing else). ``TFP / this``: TFP RealNVP's step time / this
+    one's (same XLA setting); higher is better, it is the throughput ratio. On the chain-floor
+    rows it is the most any coupling flow with these conditioners can reach.
     """
     by = {(c.name, c.kind): c for c in cs}
 
@@ -366,17 +403,20 @@ def report(title: str, cs: list[Contender]) -> str:
     lines = [f"### {title}", ""]
     lines += [
         "| training step | ms / step | samples/s | x floor (wall / CPU) | "
-        "TFP / this (wall / CPU) | peak MB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "x chain floor (wall / CPU) | TFP / this (wall / CPU) | peak MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for c in (c for c in cs if c.kind == "train"):
         t = statistics.median(c.times)
         vs_floor = ratios(c, by[(c.floor, "train")]) if c.floor else ""
+        chain = by.get(("chain " + c.floor, "train")) if c.floor else None
+        vs_chain = ratios(c, chain) if chain is not None else ""
         tfp = by.get(("TFP RealNVP" + _x(c.xla), "train"))
-        vs_tfp = ratios(tfp, c) if tfp is not None and not c.name.startswith("floor") else ""
+        vs_tfp = (ratios(tfp, c) if tfp is not None and not c.name.startswith("floor")
+                  and c is not tfp else "")
         mem = "" if c.peak_mb is None else "<0.1" if c.peak_mb < 0.05 else f"{c.peak_mb:.1f}"
-        lines.append(f"| {c.name} | {1e3 * t:.1f} | {c.batch / t:,.0f} | {vs_floor} | {vs_tfp} "
-                     f"| {mem} |")
+        lines.append(f"| {c.name} | {1e3 * t:.1f} | {c.batch / t:,.0f} | {vs_floor} | "
+                     f"{vs_chain} | {vs_tfp} | {mem} |")
     evals = [c for c in cs if c.kind != "train"]
     if evals:
         lines += ["", "| evaluation | log_prob samples/s | TFP / this (wall / CPU) | "

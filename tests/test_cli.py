@@ -12,10 +12,10 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from shared_data import MNIST_DIR, needs_mnist
 
 from tfp_coupling import cli
 
-MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 TINY = ["--couplings", "2", "--hidden", "16", "--quiet"]
 
 
@@ -177,8 +177,7 @@ def test_table_nll_is_reported_in_the_data_units(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["nll"] > nll["b"] + 10
 
 
-@pytest.mark.skipif(not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
-                    reason="shared MNIST files not found")
+@needs_mnist
 def test_mnist_offline_run_reports_bits_per_dim(tmp_path, capsys):
     from tfp_coupling import data
 

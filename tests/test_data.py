@@ -10,13 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import MNIST_DIR, needs_mnist
 
 from tfp_coupling import data
-
-MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
-needs_mnist = pytest.mark.skipif(not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
-                                 reason=f"shared MNIST files not found in {MNIST_DIR}")
-
 
 # ------------------------------------------------------------------------------------------
 # 2-D toy densities

@@ -12,18 +12,17 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 from harness import check_flow, randomize_weights
+from shared_data import MNIST_IMAGES, needs_mnist
 
 import tfp_coupling as tc
 from tfp_coupling.image_flows import bits_per_dim, sample_grid
 
-MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
 LN2 = math.log(2.0)
 
 
@@ -39,7 +38,7 @@ def small_nice(shape=(8, 8, 1), dtype="float32", **kwargs):
 
 
 def digits(n: int) -> np.ndarray:
-    images = tc.data.read_idx(MNIST / "t10k-images-idx3-ubyte.gz")
+    images = tc.data.read_idx(MNIST_IMAGES)
     return images[:n, :, :, None].astype("float32")
 
 
@@ -132,6 +131,7 @@ def test_first_fit_initialises_actnorm_and_later_fits_do_not(rng):
         np.testing.assert_array_equal(layer.bias.numpy(), b)
 
 
+@needs_mnist
 @pytest.mark.parametrize("builder", ["realnvp", "nice"])
 def test_tiny_fit_lowers_nll_on_real_digits(builder):
     keras.utils.set_random_seed(0)
