@@ -537,7 +537,8 @@ def main(argv=None) -> None:
                         help="seconds per contender per round (sets the steps per round)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 2 short rounds, 2-D workload, no XLA")
-    parser.add_argument("--no-xla", action="store_true", help="skip the jit_compile=False runs")
+    parser.add_argument("--xla-only", action="store_true",
+                        help="only the XLA (jit_compile=True) runs; skip the graph-mode ones")
     parser.add_argument("--no-eval", action="store_true", help="skip log_prob and sampling")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
     parser.add_argument("--profile", metavar="LOGDIR",
@@ -551,7 +552,7 @@ def main(argv=None) -> None:
 
     names = list(WORKLOADS) if args.workload == "all" else [args.workload]
     rounds, budget = args.rounds, args.budget
-    xla_modes = (True,) if args.no_xla else (True, False)
+    xla_modes = (True,) if args.xla_only else (True, False)
     if args.quick:
         names = ["2d"] if args.workload == "all" else names
         rounds, budget, xla_modes = 2, 0.05, (False,)
