@@ -278,3 +278,12 @@ def test_train_without_matplotlib_fails_before_training(tmp_path, capsys, monkey
     assert cli.main(["train", "--out", str(tmp_path / "runs"), "--name", "x"]) == 1
     assert "pip install 'tfp-coupling[plot]'" in _error_line(capsys)
     assert not (tmp_path / "runs").exists()
+
+
+def test_version(capsys):
+    import tfp_coupling
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"tfp-coupling {tfp_coupling.__version__}"

@@ -691,11 +691,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``tfp-coupling`` argument parser (subcommands train, evaluate, sample, export)."""
+    from tfp_coupling import __version__
     from tfp_coupling.data import DATASETS
 
     parser = argparse.ArgumentParser(
         prog="tfp-coupling",
         description="Train, evaluate, sample and export NICE/RealNVP normalizing flows.")
+    parser.add_argument("--version", action="version", version=f"tfp-coupling {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     t = sub.add_parser(
