@@ -29,8 +29,10 @@ Contenders (each "full step" = forward, backward and an Adam update of every wei
   TFP's version has no log-scale clamp; ours computes ``5 tanh(s / 5)`` on top.
 
 Also measured: ``log_prob`` (forward only) and sampling throughput of the same three flows, and
-the peak memory of one training step as TensorFlow's CPU allocator counts it (``--no-memory`` to
-skip; see ``measure_memory`` for what that includes and misses).
+the memory one training step needs beyond weights and optimizer state (``--no-memory`` to skip):
+for graph-mode steps the peak TensorFlow's CPU allocator holds during the step
+(``measure_memory``), for XLA steps the temporary buffer XLA's buffer assignment allocates for
+the compiled step, read from the compiler's own dump in a subprocess (``xla_step_memory``).
 
 Ratios are medians of per-round ratios, on wall-clock time and on process CPU time. On a shared
 machine the CPU-time ratio is the steadier one: other processes stretch wall time, not the CPU
@@ -54,9 +56,15 @@ gradient: a profile that does not move with machine load.
 from __future__ import annotations
 
 import argparse
+import glob
+import json
 import os
 import platform
+import re
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -343,9 +351,9 @@ def measure_memory(c: Contender) -> None:
 
     That counts every tensor the step allocates: activations kept for the backward pass,
     gradients, temporaries, outputs. Weights and optimizer slots exist before the step and are
-    not counted. XLA-compiled steps allocate their temporaries outside TensorFlow's allocator, so
-    they are not measured (the column stays empty); the allocator does not count very small
-    tensors either, so the 2-D workload shows about 0.
+    not counted. XLA-compiled steps allocate their temporaries outside TensorFlow's allocator:
+    ``xla_step_memory`` measures those. The allocator does not count very small tensors either,
+    so graph-mode steps on the 2-D workload show about 0.
     """
     if c.xla:
         return
@@ -354,6 +362,63 @@ def measure_memory(c: Contender) -> None:
     before = tf.config.experimental.get_memory_info("CPU:0")["current"]
     _sync(c.step())
     c.peak_mb = (tf.config.experimental.get_memory_info("CPU:0")["peak"] - before) / 2**20
+
+
+def xla_step_memory(w: dict, seed: int) -> dict[str, float]:
+    """MB of temporaries of each XLA training step, as XLA's buffer assignment allocates them.
+
+    XLA plans every buffer of a compiled step ahead of time; the "preallocated-temp" allocation
+    of its buffer assignment holds all intermediates (activations kept for the backward pass,
+    gradients, optimizer temporaries). Weights, optimizer slots and inputs are parameters, not
+    counted, as in ``measure_memory``. XLA writes that plan only when ``XLA_FLAGS`` asks for a
+    dump before TensorFlow starts, hence a subprocess (``--xla-memory-probe``).
+    """
+    with tempfile.TemporaryDirectory() as dump:
+        env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
+                                          f"--xla_dump_to={dump}".strip()}
+        out = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--xla-memory-probe", dump,
+             "--probe-workload", json.dumps(w), "--seed", str(seed)],
+            env=env, capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _xla_temp_mb(report_files: list[str]) -> float | None:
+    """The largest preallocated temporary among XLA memory reports (the training step's)."""
+    sizes = []
+    for path in report_files:
+        with open(path) as f:
+            for line in f:
+                m = re.search(r"allocation \d+: size ([\d.]+)(B|KiB|MiB|GiB), "
+                              r"preallocated-temp", line)
+                if m:
+                    unit = {"B": 2**-20, "KiB": 2**-10, "MiB": 1.0, "GiB": 2**10}[m.group(2)]
+                    sizes.append(float(m.group(1)) * unit)
+    return max(sizes) if sizes else None
+
+
+def _xla_memory_probe(dump: str, w, seed: int) -> None:
+    """Builds and runs each XLA training contender once; prints {name: temp MB} as JSON."""
+    def reports() -> set[str]:
+        return set(glob.glob(os.path.join(dump, "*memory-usage-report.txt")))
+
+    x = tf.constant(np.random.default_rng(seed).normal(size=(w["batch"], w["dim"]))
+                    .astype("float32"))
+    makers = {
+        "floor affine (XLA)": lambda: floor_contender("", w, 2, True, seed),
+        "floor additive (XLA)": lambda: floor_contender("", w, 1, True, seed),
+        "chain floor affine (XLA)": lambda: chain_floor_contender("", w, 2, True, seed),
+        "chain floor additive (XLA)": lambda: chain_floor_contender("", w, 1, True, seed),
+        "tc RealNVP (XLA)": lambda: tc_train_contender("", "realnvp", w, x, True, seed),
+        "tc NICE (XLA)": lambda: tc_train_contender("", "nice", w, x, True, seed),
+        "TFP RealNVP (XLA)": lambda: tfp_train_contender("", w, x, True, seed),
+    }
+    result = {}
+    for name, make in makers.items():
+        before = reports()
+        _sync(make().step())
+        result[name] = _xla_temp_mb(sorted(reports() - before))
+    print(json.dumps(result))
 
 
 # --------------------------------------------------------------------------------------------
@@ -548,7 +613,12 @@ def main(argv=None) -> None:
     parser.add_argument("--count-ops", action="store_true",
                         help="count graph ops and XLA matrix products instead (no timing)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--xla-memory-probe", metavar="DUMP_DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--probe-workload", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.xla_memory_probe:  # internal: the subprocess of xla_step_memory
+        _xla_memory_probe(args.xla_memory_probe, json.loads(args.probe_workload), args.seed)
+        return
 
     names = list(WORKLOADS) if args.workload == "all" else [args.workload]
     rounds, budget = args.rounds, args.budget
@@ -578,6 +648,11 @@ def main(argv=None) -> None:
             for c in cs:
                 if c.kind == "train":
                     measure_memory(c)
+            if any(c.xla for c in cs):
+                xla_memory = xla_step_memory(w, args.seed)
+                for c in cs:
+                    if c.kind == "train" and c.xla:
+                        c.peak_mb = xla_memory.get(c.name)
         print(report(title, cs))
         print(f"\n({time.perf_counter() - t0:.0f} s)\n", flush=True)
         if args.profile:

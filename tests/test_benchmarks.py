@@ -49,3 +49,12 @@ def test_chain_floor_trains_every_network(bench, params_per_dim):
     # Output layers start at zero: after one Adam step every network's output has moved.
     assert all(np.abs(o).max() == 0 for o in before)
     assert all(np.abs(o).max() > 0 and np.isfinite(o).all() for o in after)
+
+
+def test_xla_step_memory_reads_the_compilers_buffer_assignment(bench):
+    memory = bench.xla_step_memory(TINY, seed=0)
+    names = {c.name for c in bench.build_contenders(TINY, 0, (True,), include_eval=False)}
+    assert set(memory) == names
+    # Every step keeps at least its input batch's activations: B * hidden floats per network.
+    at_least = TINY["batch"] * TINY["hidden"][0] * 4 / 2**20
+    assert all(mb is not None and at_least <= mb < 10 for mb in memory.values()), memory
