@@ -150,11 +150,11 @@ class _Holder(keras.Model):
         return x
 
 
-def floor_contender(name, w, params_per_dim: int, xla: bool, seed: int) -> Contender:
+def _floor_parts(w, params_per_dim: int, seed: int):
+    """Conditioners, their variables, a built Adam, fixed inputs ``[B, d_a]`` and cotangents."""
     dim, batch = w["dim"], w["batch"]
     nets = conditioner_nets(dim, w["couplings"], w["hidden"], params_per_dim, seed)
-    holder = _Holder(nets)
-    variables = holder.trainable_variables
+    variables = _Holder(nets).trainable_variables
     opt = keras.optimizers.Adam(1e-4)
     opt.build(variables)
     rng = np.random.default_rng(seed)
@@ -162,6 +162,11 @@ def floor_contender(name, w, params_per_dim: int, xla: bool, seed: int) -> Conte
           for i in range(len(nets))]
     gs = [tf.constant(rng.normal(size=(batch, params_per_dim * (dim - _d_a(dim, i))))
                       .astype("float32") / batch) for i in range(len(nets))]
+    return nets, variables, opt, xs, gs
+
+
+def floor_contender(name, w, params_per_dim: int, xla: bool, seed: int) -> Contender:
+    nets, variables, opt, xs, gs = _floor_parts(w, params_per_dim, seed)
 
     @tf.function(jit_compile=xla, autograph=False)
     def step(xs, gs):
@@ -174,20 +179,12 @@ def floor_contender(name, w, params_per_dim: int, xla: bool, seed: int) -> Conte
         # Return outputs and input gradients so that no compiler drops them as unused.
         return outs, grads[len(variables):]
 
-    return Contender(name, "train", lambda: step(xs, gs), batch, xla)
+    return Contender(name, "train", lambda: step(xs, gs), w["batch"], xla)
 
 
 def chain_floor_contender(name, w, params_per_dim: int, xla: bool, seed: int) -> Contender:
-    dim, batch = w["dim"], w["batch"]
-    nets = conditioner_nets(dim, w["couplings"], w["hidden"], params_per_dim, seed)
-    holder = _Holder(nets)
-    variables = holder.trainable_variables
-    opt = keras.optimizers.Adam(1e-4)
-    opt.build(variables)
-    rng = np.random.default_rng(seed)
-    x = tf.constant(rng.normal(size=(batch, _d_a(dim, 0))).astype("float32"))
-    gs = [tf.constant(rng.normal(size=(batch, params_per_dim * (dim - _d_a(dim, i))))
-                      .astype("float32") / batch) for i in range(len(nets))]
+    nets, variables, opt, xs, gs = _floor_parts(w, params_per_dim, seed)
+    dim = w["dim"]
 
     @tf.function(jit_compile=xla, autograph=False)
     def step(x, gs):
@@ -202,7 +199,7 @@ def chain_floor_contender(name, w, params_per_dim: int, xla: bool, seed: int) ->
         opt.apply_gradients(zip(grads, variables, strict=True))
         return outs
 
-    return Contender(name, "train", lambda: step(x, gs), batch, xla)
+    return Contender(name, "train", lambda: step(xs[0], gs), w["batch"], xla)
 
 
 def _d_a(dim: int, i: int) -> int:
