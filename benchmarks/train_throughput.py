@@ -104,6 +104,7 @@ class Contender:
     times: list[float] = field(default_factory=list)  # wall seconds per step, one per round
     cpu_times: list[float] = field(default_factory=list)  # process CPU seconds per step
     peak_mb: float | None = None
+    graph: Callable[[], tf.Graph] | None = None  # the traced step, where there is one to inspect
 
     def run(self, steps: int) -> float:
         """Runs ``steps`` steps; records and returns wall seconds per step."""
@@ -179,7 +180,8 @@ def floor_contender(name, w, params_per_dim: int, xla: bool, seed: int) -> Conte
         # Return outputs and input gradients so that no compiler drops them as unused.
         return outs, grads[len(variables):]
 
-    return Contender(name, "train", lambda: step(xs, gs), w["batch"], xla)
+    return Contender(name, "train", lambda: step(xs, gs), w["batch"], xla,
+                     graph=lambda: step.get_concrete_function(xs, gs).graph)
 
 
 def chain_floor_contender(name, w, params_per_dim: int, xla: bool, seed: int) -> Contender:
@@ -199,7 +201,8 @@ def chain_floor_contender(name, w, params_per_dim: int, xla: bool, seed: int) ->
         opt.apply_gradients(zip(grads, variables, strict=True))
         return outs
 
-    return Contender(name, "train", lambda: step(xs[0], gs), w["batch"], xla)
+    return Contender(name, "train", lambda: step(xs[0], gs), w["batch"], xla,
+                     graph=lambda: step.get_concrete_function(xs[0], gs).graph)
 
 
 def _d_a(dim: int, i: int) -> int:

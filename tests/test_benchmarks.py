@@ -58,3 +58,20 @@ def test_xla_step_memory_reads_the_compilers_buffer_assignment(bench):
     # Every step keeps at least its input batch's activations: B * hidden floats per network.
     at_least = TINY["batch"] * TINY["hidden"][0] * 4 / 2**20
     assert all(mb is not None and at_least <= mb < 10 for mb in memory.values()), memory
+
+
+@pytest.mark.parametrize("params_per_dim", [1, 2])
+def test_chain_floor_backpropagates_through_the_chain(bench, params_per_dim):
+    """Same matrix products as the floor, which asks for every later network's input gradient.
+
+    A chain whose networks did not read the previous output would skip the first layer's input
+    gradient of every network but the first: K - 1 fewer products.
+    """
+    def matmuls(contender) -> int:
+        return sum(op.type == "MatMul" for op in contender.graph().get_operations())
+
+    chain = bench.chain_floor_contender("c", TINY, params_per_dim, xla=False, seed=0)
+    floor = bench.floor_contender("f", TINY, params_per_dim, xla=False, seed=0)
+    layers = len(TINY["hidden"]) + 1
+    # forward, weight gradients and input gradients: all but the first network's first layer's
+    assert matmuls(chain) == matmuls(floor) == TINY["couplings"] * 3 * layers - 1
