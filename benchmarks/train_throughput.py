@@ -376,11 +376,15 @@ def xla_step_memory(w: dict, seed: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as dump:
         env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} "
                                           f"--xla_dump_to={dump}".strip()}
-        out = subprocess.run(
+        proc = subprocess.run(
             [sys.executable, os.path.abspath(__file__), "--xla-memory-probe", dump,
              "--probe-workload", json.dumps(w), "--seed", str(seed)],
-            env=env, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+            env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"XLA memory probe failed (exit {proc.returncode}); rerun with "
+                           f"--no-memory to skip it. Its last output:\n{tail}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def _xla_temp_mb(report_files: list[str]) -> float | None:
