@@ -20,7 +20,9 @@ from tfp_coupling.bijectors import (
     LogScale,
     Rescaling,
     Squeeze,
+    TriLAffine,
     initialize_actnorm,
+    initialize_from_data,
 )
 from tfp_coupling.flows import get_builder, nice_flow, realnvp_flow, register_builder
 from tfp_coupling.image_flows import (
@@ -47,11 +49,13 @@ __all__ = [
     "LogitPreprocessing",
     "Rescaling",
     "Squeeze",
+    "TriLAffine",
     "data",
     "fused",
     "get_builder",
     "image_flows",
     "initialize_actnorm",
+    "initialize_from_data",
     "masks",
     "nets",
     "nice_flow",

@@ -31,8 +31,6 @@ from tfp_coupling.bijectors import (
     LogitPreprocessing,
     Rescaling,
     Squeeze,
-    actnorm_layers,
-    initialize_actnorm,
 )
 from tfp_coupling.flows import mask_sequence, register_builder
 from tfp_coupling.model import FlowModel
@@ -51,28 +49,11 @@ __all__ = [
 
 @keras.saving.register_keras_serializable(package="tfp_coupling")
 class ImageFlowModel(FlowModel):
-    """A ``FlowModel`` over images whose first ``fit`` initialises its ActNorm layers.
+    """The ``FlowModel`` of the image builders (kept as a class so saved models load).
 
-    Before the first ``fit`` trains anything, every ActNorm not yet initialised is set from the
-    first batch of the training data (at most 512 examples), by
-    :func:`tfp_coupling.initialize_actnorm` (one eager pass). Everything else is ``FlowModel``.
+    Its first ``fit`` initialises the ActNorm layers from the first batch, as every
+    ``FlowModel``'s does (:func:`tfp_coupling.initialize_from_data`).
     """
-
-    def fit(self, x=None, y=None, batch_size=None, *args, **kwargs):
-        if any(not layer.is_initialized for layer in actnorm_layers(self)):
-            initialize_actnorm(self, _first_batch(x, batch_size))
-        return super().fit(x, y, batch_size, *args, **kwargs)
-
-
-def _first_batch(x, batch_size: int | None) -> np.ndarray:
-    if isinstance(x, tf.data.Dataset):
-        element = next(iter(x))
-        x = element[0] if isinstance(element, tuple | list) else element
-        return np.asarray(x)
-    if x is None:
-        raise ValueError("fit needs training data x to initialise ActNorm layers")
-    n = max(int(batch_size or 32), 256)
-    return np.asarray(x[:min(n, 512)])
 
 
 def _check_image_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:

@@ -12,6 +12,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_coupling import fused
+from tfp_coupling.bijectors.actnorm import data_initialized_layers, initialize_from_data
 from tfp_coupling.bijectors.base import check_event_shape
 from tfp_coupling.callbacks import StopOnNonFiniteLoss
 
@@ -233,7 +234,7 @@ class FlowModel(keras.Model):
 
     # -- training: options, input checks, non-finite guard ---------------------------------------
 
-    def compile(self, optimizer="rmsprop", *args, **kwargs) -> None:
+    def compile(self, optimizer="adam", *args, **kwargs) -> None:
         """``keras.Model.compile``; under ``mixed_float16`` the optimizer gets loss scaling.
 
         The model computes in ``flow_dtype``, so Keras would not see the float16 conditioners and
@@ -323,6 +324,23 @@ class FlowModel(keras.Model):
                                  f"{len(rows)} example(s), first at index {int(rows[0])}; remove "
                                  f"or replace them")
 
+    def _initialization_rows(self, x) -> np.ndarray:
+        """The first training rows (batches of a dataset, in order), for data-dependent init."""
+        n = 4096 if len(self.event_shape) == 1 else 512
+        if x is None:
+            raise ValueError(f"{self.name}: fit needs training data x to initialise its "
+                             f"data-dependent layers")
+        if not isinstance(x, tf.data.Dataset):
+            return np.asarray(x[:n])
+        rows, count = [], 0
+        for element in x:
+            batch = np.asarray(element[0] if isinstance(element, tuple | list) else element)
+            rows.append(batch)
+            count += len(batch)
+            if count >= n:
+                break
+        return np.concatenate(rows)[:n]
+
     def _nonfinite_data_error(self, error: tf.errors.InvalidArgumentError,
                               guard: StopOnNonFiniteLoss) -> Exception:
         if _NONFINITE_DATA not in str(error.message):
@@ -341,8 +359,14 @@ class FlowModel(keras.Model):
         :class:`tfp_coupling.callbacks.StopOnNonFiniteLoss` is added: a NaN/Inf loss raises
         ``NonFiniteLossError`` naming the epoch and batch, before any checkpoint of that epoch
         is written.
+
+        On the first call, layers initialised from data (``ActNorm``, ``TriLAffine``) that are
+        not initialised yet are set from the first training rows (up to 4096 for vector events,
+        512 for images; see :func:`tfp_coupling.initialize_from_data`).
         """
         self._check_data(x, "x")
+        if any(not layer.is_initialized for layer in data_initialized_layers(self)):
+            initialize_from_data(self, self._initialization_rows(x))
         if validation_data is not None:
             val_x = (validation_data[0] if isinstance(validation_data, tuple | list)
                      else validation_data)
@@ -451,5 +475,6 @@ class FlowModel(keras.Model):
         from tfp_coupling import flows
 
         flow_config = dict(config["flow_config"])
-        builder = flows.get_builder(flow_config.pop("builder"))
-        return builder(**flow_config, name=config.get("name"))
+        name = flow_config.pop("builder")
+        builder = flows.get_builder(name)
+        return builder(**flows.config_with_defaults(name, flow_config), name=config.get("name"))

@@ -3,12 +3,16 @@
 from tfp_coupling.bijectors.actnorm import (
     ActNorm,
     ActNormParams,
+    DataInitializedParams,
     actnorm_layers,
+    data_initialized_layers,
     initialize_actnorm,
+    initialize_from_data,
 )
 from tfp_coupling.bijectors.base import Chain, FlowBijector, UncachedBijectorCache
 from tfp_coupling.bijectors.coupling import AdditiveCoupling, AffineCoupling, Coupling
 from tfp_coupling.bijectors.factor_out import FactorOut
+from tfp_coupling.bijectors.linear import TriLAffine, TriLAffineParams
 from tfp_coupling.bijectors.logit import LogitPreprocessing
 from tfp_coupling.bijectors.rescaling import LogScale, Rescaling
 from tfp_coupling.bijectors.squeeze import Squeeze
@@ -20,13 +24,18 @@ __all__ = [
     "AffineCoupling",
     "Chain",
     "Coupling",
+    "DataInitializedParams",
     "FactorOut",
     "FlowBijector",
     "LogScale",
     "LogitPreprocessing",
     "Rescaling",
     "Squeeze",
+    "TriLAffine",
+    "TriLAffineParams",
     "UncachedBijectorCache",
     "actnorm_layers",
+    "data_initialized_layers",
     "initialize_actnorm",
+    "initialize_from_data",
 ]

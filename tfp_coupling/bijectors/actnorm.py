@@ -11,16 +11,53 @@ import tensorflow as tf
 
 from tfp_coupling.bijectors.base import FlowBijector
 
-__all__ = ["ActNorm", "ActNormParams", "actnorm_layers", "initialize_actnorm"]
+__all__ = [
+    "ActNorm",
+    "ActNormParams",
+    "DataInitializedParams",
+    "actnorm_layers",
+    "data_initialized_layers",
+    "initialize_actnorm",
+    "initialize_from_data",
+]
+
+
+class DataInitializedParams(keras.layers.Layer):
+    """Base of the weight layers that are set from data before training (ActNorm, TriLAffine).
+
+    Holds a non-trainable scalar ``initialized`` (0.0 until :meth:`initialize_from` has run,
+    then 1.0), saved with the model so a reloaded model is not initialised again, and the
+    ``pending_init`` switch that :func:`initialize_from_data` turns on for one eager pass, during
+    which the bijector calls :meth:`initialize_from` with the data reaching it.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.initialized = self.add_weight(shape=(), initializer="zeros", name="initialized",
+                                           trainable=False)
+        self.pending_init = False
+
+    @property
+    def is_initialized(self) -> bool:
+        return bool(tf.convert_to_tensor(self.initialized).numpy() > 0.5)
+
+    def initialize_from(self, y: tf.Tensor) -> None:
+        """Sets the weights from ``y``, the data on the bijector's output side."""
+        raise NotImplementedError
+
+    def _require_eager(self) -> None:
+        if not tf.executing_eagerly():
+            raise RuntimeError(f"{self.name}: data-dependent initialisation runs eagerly; call "
+                               f"tfp_coupling.initialize_from_data(model, x) outside "
+                               f"tf.function")
 
 
 @keras.saving.register_keras_serializable(package="tfp_coupling")
-class ActNormParams(keras.layers.Layer):
+class ActNormParams(DataInitializedParams):
     """The Keras layer owning one :class:`ActNorm`'s weights.
 
-    Weights: trainable ``log_scale`` and ``bias`` of shape ``[C]``, and a non-trainable scalar
-    ``initialized`` (0.0 until :meth:`initialize_from` has run, then 1.0), saved with the model
-    so a reloaded model is not initialised again.
+    Weights: trainable ``log_scale`` and ``bias`` of shape ``[C]``, and the non-trainable
+    ``initialized`` flag of :class:`DataInitializedParams`.
     """
 
     def __init__(self, num_channels: int, **kwargs) -> None:
@@ -30,20 +67,11 @@ class ActNormParams(keras.layers.Layer):
                                          name="log_scale", trainable=True)
         self.bias = self.add_weight(shape=(self.num_channels,), initializer="zeros",
                                     name="bias", trainable=True)
-        self.initialized = self.add_weight(shape=(), initializer="zeros", name="initialized",
-                                           trainable=False)
-        self.pending_init = False  # set by initialize_actnorm for one eager pass
         self.built = True
-
-    @property
-    def is_initialized(self) -> bool:
-        return bool(tf.convert_to_tensor(self.initialized).numpy() > 0.5)
 
     def initialize_from(self, y: tf.Tensor, epsilon: float = 1e-6) -> None:
         """Sets ``bias = mean(y)`` and ``log_scale = log(std(y) + eps)`` per channel (eager)."""
-        if not tf.executing_eagerly():
-            raise RuntimeError("ActNorm's data-dependent initialisation runs eagerly; call "
-                               "tfp_coupling.initialize_actnorm(model, x) outside tf.function")
+        self._require_eager()
         y = tf.reshape(tf.cast(y, tf.float64), [-1, self.num_channels])
         mean = tf.reduce_mean(y, axis=0)
         std = tf.math.reduce_std(y, axis=0)
@@ -152,24 +180,32 @@ def actnorm_layers(model) -> list[ActNormParams]:
     return [layer for layer in layers if isinstance(layer, ActNormParams)]
 
 
-def initialize_actnorm(model, x, force: bool = False, seed: int = 0) -> int:
-    """Data-dependent initialisation of every ``ActNorm`` in ``model`` from the batch ``x``.
+def data_initialized_layers(model) -> list[DataInitializedParams]:
+    """The layers of a ``FlowModel`` (or a list of Keras layers) that are set from data."""
+    layers = getattr(model, "flow_layers", model)
+    return [layer for layer in layers if isinstance(layer, DataInitializedParams)]
 
-    Runs one eager ``model.log_prob`` pass in which each not yet initialised ActNorm (all of them
-    if ``force``) sets its bias and log-scale from the activations reaching it, so the data ->
-    latent pass maps ``x`` to zero mean, unit variance per channel after each ActNorm. If the
-    model dequantises (``model.dequantize``), uniform noise is added to ``x`` first, as in
-    training. Call it before ``fit`` (the image builders' models do it on their first ``fit``);
-    it is not meant to run inside ``tf.function``/XLA.
+
+def initialize_from_data(model, x, force: bool = False, seed: int = 0) -> int:
+    """Data-dependent initialisation of every ``ActNorm`` and ``TriLAffine`` in ``model``.
+
+    Runs one eager ``model.log_prob`` pass over the batch ``x`` in which each not yet initialised
+    layer (all of them if ``force``) sets its weights from the activations reaching it: an
+    ActNorm maps them to zero mean and unit variance per channel, a TriLAffine whitens them
+    (zero mean, identity covariance). If the model dequantises (``model.dequantize``), uniform
+    noise is added to ``x`` first, as in training. ``FlowModel.fit`` calls it on its first call;
+    it is not meant to run inside ``tf.function``/XLA. ``initialize_actnorm`` is the same
+    function under its older name.
 
     Args:
         model: a ``tfp_coupling.FlowModel``.
-        x: a batch of data ``[N, *event_shape]`` (a few hundred examples is plenty).
-        force: re-initialise ActNorms that are already initialised.
+        x: a batch of data ``[N, *event_shape]`` (a few hundred examples for ActNorm; a
+            TriLAffine estimates a covariance, so more rows than dimensions).
+        force: re-initialise layers that are already initialised.
         seed: seed of the dequantisation noise.
 
     Returns:
-        The number of ActNorm layers initialised.
+        The number of layers initialised.
 
     Example:
         >>> import numpy as np
@@ -179,7 +215,8 @@ def initialize_actnorm(model, x, force: bool = False, seed: int = 0) -> int:
         >>> tc.initialize_actnorm(model, x) > 0
         True
     """
-    layers = [layer for layer in actnorm_layers(model) if force or not layer.is_initialized]
+    layers = [layer for layer in data_initialized_layers(model)
+              if force or not layer.is_initialized]
     if not layers:
         return 0
     x = np.asarray(x, dtype=model.flow_dtype.as_numpy_dtype)
@@ -194,5 +231,8 @@ def initialize_actnorm(model, x, force: bool = False, seed: int = 0) -> int:
         for layer in layers:
             layer.pending_init = False
     if missed:
-        raise RuntimeError(f"ActNorm layers {missed} were not reached by model.log_prob")
+        raise RuntimeError(f"layers {missed} were not reached by model.log_prob")
     return len(layers)
+
+
+initialize_actnorm = initialize_from_data
