@@ -287,3 +287,33 @@ def test_version(capsys):
         cli.main(["--version"])
     assert e.value.code == 0
     assert capsys.readouterr().out.strip() == f"tfp-coupling {tfp_coupling.__version__}"
+
+
+def test_best_validation_epoch_is_kept_and_patience_stops(tmp_path, capsys):
+    """The run's model is the best validation epoch's (not the last), and ``--patience 1``
+    stops one epoch after the last improvement."""
+    assert _train(tmp_path, "p", "--epochs", "8", "--patience", "1", "--lr", "0.05",
+                  "--schedule", "constant") == 0
+    run = tmp_path / "p"
+    metrics = json.loads((run / "metrics.json").read_text())
+    val = metrics["history"]["val_nll"]
+    best = int(np.argmin(val)) + 1
+    assert metrics["best_epoch"] == best
+    assert len(val) == 8 or len(val) == best + 1
+    assert metrics["val_nll"] == pytest.approx(val[best - 1], abs=1e-4)
+    loaded = keras.models.load_model(run / "model.keras")
+    from tfp_coupling import data
+
+    x_val = data.load("two_moons", "validation")
+    assert -float(np.mean(loaded.log_prob(x_val))) == pytest.approx(val[best - 1], abs=1e-4)
+    assert cli.main(["train", "--out", str(tmp_path), "--name", "q", "--patience", "0"]) == 1
+    assert "--patience must be >= 1" in _error_line(capsys)
+
+
+def test_table_runs_get_the_small_data_defaults(tmp_path):
+    rng = np.random.default_rng(0)
+    table = tmp_path / "t.npy"
+    np.save(table, rng.normal(size=(300, 3)) @ [[1.0, 0.5, 0], [0, 1, 0.3], [0, 0, 1]])
+    assert _train(tmp_path, "t", "--dataset", str(table), "--epochs", "2") == 0
+    config = json.loads((tmp_path / "t" / "config.json").read_text())
+    assert (config["lr"], config["batch_size"], config["epochs"]) == (1e-4, 64, 2)

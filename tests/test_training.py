@@ -14,7 +14,10 @@ from tfp_coupling.callbacks import NonFiniteLossError, StopOnNonFiniteLoss
 
 
 def _flow(**kwargs) -> tc.FlowModel:
-    return tc.realnvp_flow(event_shape=[2], num_couplings=2, hidden_units=[16], **kwargs)
+    """A small RealNVP without the data-initialised whitening: these tests are about training
+    mechanics, from the identity start."""
+    return tc.realnvp_flow(event_shape=[2], num_couplings=2, hidden_units=[16], whiten=False,
+                           **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +200,35 @@ def test_nan_in_a_dataset_names_the_batch(moons):
     val_ds = tf.data.Dataset.from_tensor_slices(v).batch(64)
     with pytest.raises(ValueError, match=r"validation batch index 1 of epoch 1 contains NaN"):
         model.fit(train, batch_size=128, validation_data=val_ds, verbose=0)
+
+
+# -- best validation epoch --------------------------------------------------------------------
+
+
+def test_best_weights_checkpoint_keeps_the_best_epoch_and_stops_after_patience(tmp_path):
+    """Fed a validation curve 3, 2, 2.5, 2.6: saves after epoch 2 only, stops after epoch 4
+    (two epochs without improvement), and a new callback on the same file resumes that state."""
+    model = _flow()
+    model.compile(optimizer="adam")
+    path = tmp_path / "best.weights.h5"
+    best = tc.callbacks.BestWeightsCheckpoint(path, patience=2)
+    best.set_model(model)
+    saved = {}
+    for epoch, value in enumerate([3.0, 2.0, 2.5, 2.6]):
+        for v in model.trainable_variables:  # a different model every epoch
+            v.assign(v + 0.01)
+        best.on_epoch_end(epoch, {"val_nll": value})
+        if epoch == 1:
+            saved = [w.copy() for w in model.get_weights()]
+        assert model.stop_training is (epoch == 3), epoch
+    assert (best.best_epoch, best.best_value) == (2, 2.0)
+    model.load_weights(path)
+    for got, want in zip(model.get_weights(), saved, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
+    resumed = tc.callbacks.BestWeightsCheckpoint(path, patience=2)
+    assert (resumed.best_epoch, resumed.best_value) == (2, 2.0)
+    with pytest.raises(KeyError, match="validation_data"):
+        resumed.on_epoch_end(0, {"loss": 1.0})
+    with pytest.raises(ValueError, match=r"\.weights\.h5"):
+        tc.callbacks.BestWeightsCheckpoint(tmp_path / "best.h5")
