@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -119,13 +120,15 @@ def test_export(run, tmp_path, capsys):
 
 
 def test_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch, capsys):
-    original = keras.callbacks.BackupAndRestore.on_epoch_end
+    from tfp_coupling.checkpoint import AtomicCheckpoint
+
+    original = AtomicCheckpoint.on_epoch_end
 
     def interrupt_after_first_epoch(self, epoch, logs=None):
         original(self, epoch, logs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end",
+    monkeypatch.setattr(AtomicCheckpoint, "on_epoch_end",
                         interrupt_after_first_epoch)
     assert _train(tmp_path, "r", "--epochs", "2") == 130
     monkeypatch.undo()
@@ -287,3 +290,47 @@ def test_version(capsys):
         cli.main(["--version"])
     assert e.value.code == 0
     assert capsys.readouterr().out.strip() == f"tfp-coupling {tfp_coupling.__version__}"
+
+
+def _run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """``python -m tfp_coupling ARGS`` on this checkout, with the user's default environment."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    repo = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([repo, *filter(None, [env.get("PYTHONPATH")])])
+    return subprocess.run([sys.executable, "-m", "tfp_coupling", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("args, status", [
+    (["--help"], 0),
+    (["train", "--help"], 0),
+    (["train", "--epochs", "many"], 2),
+    (["train", "--epochs", "0"], 1),
+    (["train", "--hidden", "8,,8"], 1),
+    (["evaluate", "/nonexistent/run"], 1),
+])
+def test_help_and_option_errors_are_fast_and_do_not_import_tensorflow(args, status):
+    code = ("import sys, time; t = time.perf_counter(); from tfp_coupling.cli import main\n"
+            "try:\n    rc = main(sys.argv[1:])\nexcept SystemExit as e:\n    rc = e.code\n"
+            "print('TF' if 'tensorflow' in sys.modules else 'no TF', time.perf_counter() - t,"
+            " file=sys.stderr); sys.exit(rc)")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=60, env=env)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == status, proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith("no TF"), proc.stderr
+    assert elapsed < 2.0, elapsed
+    if status:
+        assert proc.stderr.splitlines()[0].startswith(("tfp-coupling: error: ", "usage: "))
+
+
+def test_errors_after_tensorflow_loads_are_one_clean_line(tmp_path):
+    (tmp_path / "config.json").write_text("{}")  # a run folder whose model is missing
+    (tmp_path / "metrics.json").write_text("{}")
+    proc = _run_cli("evaluate", str(tmp_path))
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"tfp-coupling: error: run {tmp_path} is unfinished (no model.keras); complete it with "
+        f"tfp-coupling train --resume {tmp_path}"]

@@ -7,29 +7,83 @@ Example:
     >>> history = model.fit(tc.data.two_moons(512, seed=0), batch_size=128, epochs=1, verbose=0)
 """
 
-from tfp_coupling import data, fused, image_flows, masks, nets
-from tfp_coupling.bijectors import (
-    ActNorm,
-    AdditiveCoupling,
-    AffineCoupling,
-    Chain,
-    Coupling,
-    FactorOut,
-    FlowBijector,
-    LogitPreprocessing,
-    LogScale,
-    Rescaling,
-    Squeeze,
-    initialize_actnorm,
-)
-from tfp_coupling.flows import get_builder, nice_flow, realnvp_flow, register_builder
-from tfp_coupling.image_flows import (
-    ImageFlowModel,
-    nice_image_flow,
-    realnvp_flat_image_flow,
-    realnvp_image_flow,
-)
-from tfp_coupling.model import FlowModel
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING
+
+# TensorFlow takes seconds to import and logs on start-up, so the package imports it only when a
+# name that needs it is first used (PEP 562): `tfp-coupling --help` and option errors stay fast
+# and quiet, and `from tfp_coupling import data` needs numpy only.
+_EXPORTS = {
+    "ActNorm": "tfp_coupling.bijectors",
+    "AdditiveCoupling": "tfp_coupling.bijectors",
+    "AffineCoupling": "tfp_coupling.bijectors",
+    "Chain": "tfp_coupling.bijectors",
+    "Coupling": "tfp_coupling.bijectors",
+    "FactorOut": "tfp_coupling.bijectors",
+    "FlowBijector": "tfp_coupling.bijectors",
+    "LogitPreprocessing": "tfp_coupling.bijectors",
+    "LogScale": "tfp_coupling.bijectors",
+    "Rescaling": "tfp_coupling.bijectors",
+    "Squeeze": "tfp_coupling.bijectors",
+    "initialize_actnorm": "tfp_coupling.bijectors",
+    "get_builder": "tfp_coupling.flows",
+    "nice_flow": "tfp_coupling.flows",
+    "realnvp_flow": "tfp_coupling.flows",
+    "register_builder": "tfp_coupling.flows",
+    "ImageFlowModel": "tfp_coupling.image_flows",
+    "nice_image_flow": "tfp_coupling.image_flows",
+    "realnvp_flat_image_flow": "tfp_coupling.image_flows",
+    "realnvp_image_flow": "tfp_coupling.image_flows",
+    "FlowModel": "tfp_coupling.model",
+}
+
+if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
+    from tfp_coupling import data, fused, image_flows, masks, nets
+    from tfp_coupling.bijectors import (
+        ActNorm,
+        AdditiveCoupling,
+        AffineCoupling,
+        Chain,
+        Coupling,
+        FactorOut,
+        FlowBijector,
+        LogitPreprocessing,
+        LogScale,
+        Rescaling,
+        Squeeze,
+        initialize_actnorm,
+    )
+    from tfp_coupling.flows import get_builder, nice_flow, realnvp_flow, register_builder
+    from tfp_coupling.image_flows import (
+        ImageFlowModel,
+        nice_image_flow,
+        realnvp_flat_image_flow,
+        realnvp_image_flow,
+    )
+    from tfp_coupling.model import FlowModel
+
+
+def load_all() -> None:
+    """Imports every module, registering all builders and Keras custom objects."""
+    for module in sorted(set(_EXPORTS.values())):
+        importlib.import_module(module)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
+        value = importlib.import_module(f"{__name__}.{name}")  # a submodule, e.g. tc.callbacks
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
 
 __version__ = "0.1.0"
 
@@ -52,6 +106,7 @@ __all__ = [
     "get_builder",
     "image_flows",
     "initialize_actnorm",
+    "load_all",
     "masks",
     "nets",
     "nice_flow",

@@ -82,35 +82,20 @@ def _vector_models() -> dict[str, str]:
 
 @functools.lru_cache(maxsize=1)
 def _image_models() -> dict[str, str]:
-    """Image builders present in this installation (``--model realnvp-image`` etc)."""
-    import importlib
+    """Image builders present in this installation (``--model realnvp-image`` etc).
 
-    try:
-        importlib.import_module("tfp_coupling.image_flows")
-    except ImportError:
-        pass
-    import tfp_coupling as tc
-    from tfp_coupling import flows
+    Found without importing them (that would import TensorFlow before the options are checked).
+    """
+    import importlib.util
 
-    found = {}
-    for choice, attr in (("realnvp-image", "realnvp_image_flow"),
-                         ("nice-image", "nice_image_flow")):
-        if hasattr(tc, attr) or _has_builder(flows, attr):
-            found[choice] = attr
-    return found
-
-
-def _has_builder(flows, name: str) -> bool:
-    try:
-        flows.get_builder(name)
-        return True
-    except ValueError:
-        return False
+    if importlib.util.find_spec("tfp_coupling.image_flows") is None:
+        return {}
+    return {"realnvp-image": "realnvp_image_flow", "nice-image": "nice_image_flow"}
 
 
 def _build_model(config: dict):
     """The FlowModel described by a run's ``config`` (called under the run's dtype policy)."""
-    from tfp_coupling import flows
+    from tfp_coupling import flows, image_flows  # noqa: F401  (registers the image builders)
 
     hidden = config["hidden_units"]
     couplings = config["couplings"]
@@ -139,18 +124,10 @@ def _file_mode() -> int:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` via a temporary file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, _file_mode())
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Writes ``text`` to ``path`` via a temporary file in the same folder, fsync and a rename."""
+    from tfp_coupling import atomic
+
+    atomic.write_text(path, text)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -167,14 +144,18 @@ def _read_json(path: Path) -> Any:
 
 
 def _parse_hidden(text: str) -> list[int]:
-    try:
-        units = [int(u) for u in str(text).split(",") if u.strip()]
-    except ValueError:
-        units = []
+    parts = [u.strip() for u in str(text).split(",")]
+    # Every part must be a number: "8,,8" is a typo, not [8, 8].
+    units = [int(u) for u in parts] if all(u.isdigit() for u in parts) else []
     if not units or any(u < 1 for u in units):
         raise CLIError(f"--hidden must be comma-separated positive integers like 64,64; got "
                        f"{text!r}")
     return units
+
+
+def _is_complete(run: Path) -> bool:
+    """A run is complete once ``metrics.json`` (written last) and ``model.keras`` both exist."""
+    return (run / "metrics.json").is_file() and (run / "model.keras").is_file()
 
 
 def _run_dir(path: str | Path) -> Path:
@@ -187,7 +168,10 @@ def _run_dir(path: str | Path) -> Path:
 
 
 def _set_quiet_tf() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    """Imports TensorFlow without its start-up log lines (users read an error's first line)."""
+    from tfp_coupling.errors import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,8 +270,6 @@ def _prepare_out(out: Path) -> None:
 
 
 def _new_config(args: argparse.Namespace) -> dict:
-    import keras
-
     if args.model not in (*_vector_models(), *_image_models()):
         raise CLIError(f"unknown model {args.model!r}; choose from "
                        f"{', '.join([*_vector_models(), *_image_models()])}")
@@ -316,8 +298,15 @@ def _new_config(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "jit": bool(args.jit),
         "mixed_precision": args.mixed_precision,
-        "versions": {"tfp_coupling": _version(), "keras": keras.__version__},
+        "versions": {"tfp_coupling": _version(), "keras": _keras_version()},
     }
+
+
+def _keras_version() -> str:
+    """Keras' version, read from its package metadata (importing Keras imports TensorFlow)."""
+    import importlib.metadata
+
+    return importlib.metadata.version("keras")
 
 
 def _version() -> str:
@@ -331,6 +320,52 @@ def _unique_name(out: Path, base: str) -> str:
     while (out / name).exists():
         name, i = f"{base}-{i}", i + 1
     return name
+
+
+def _create_run_folder(run: Path, config: dict) -> None:
+    """Creates ``run`` holding ``config.json`` and ``checkpoints/``, all at once.
+
+    The folder is assembled under a temporary name beside ``run`` and renamed into place, so an
+    interruption never leaves a run folder without its ``config.json`` (which ``--resume`` and
+    every other command need).
+    """
+    import shutil
+
+    from tfp_coupling import atomic
+
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{run.name}{atomic.TEMP_MARKER}", dir=run.parent))
+    except OSError as e:
+        raise CLIError(f"cannot create run folder {run}: {e.strerror or e}") from None
+    try:
+        os.chmod(tmp, atomic.default_folder_mode())
+        (tmp / "checkpoints").mkdir()
+        _write_json(tmp / "config.json", config)
+        atomic.fsync_tree(tmp)
+        os.rename(tmp, run)  # fails if a run of that name appeared meanwhile
+        atomic.fsync_folder(run.parent)
+    except OSError as e:
+        raise CLIError(f"cannot create run folder {run}: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_failed_start(run: Path) -> None:
+    """Deletes the run folder this command created if it failed before any epoch was saved.
+
+    So that a retry with the same ``--name`` (after fixing the data or the learning rate)
+    starts afresh instead of being told to ``--resume`` a run with nothing to resume.
+    """
+    import shutil
+
+    from tfp_coupling.checkpoint import AtomicCheckpoint, CheckpointError
+
+    try:
+        if AtomicCheckpoint.completed_epochs(run / "checkpoints") > 0:
+            return
+    except CheckpointError:
+        return
+    shutil.rmtree(run, ignore_errors=True)
 
 
 def _dataset_label(dataset: str) -> str:
@@ -366,7 +401,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise CLIError(f"--resume continues {run} with its saved settings; it cannot change "
                            f"{', '.join('--' + k.replace('_', '-') for k in changed)} "
                            f"(start a new run instead)")
-        if (run / "metrics.json").is_file():
+        if _is_complete(run):
             if "epochs" not in given or args.epochs <= config["epochs"]:
                 raise CLIError(f"run {run} is already complete ({config['epochs']} epochs); "
                                f"pass --epochs N > {config['epochs']} to train it further")
@@ -404,18 +439,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise CLIError(f"--name must be a plain folder name, got {name!r}")
         run = out / name
         if run.exists():
-            state = "complete" if (run / "metrics.json").is_file() else "unfinished"
+            state = "complete" if _is_complete(run) else "unfinished"
             raise CLIError(f"run folder {run} already exists ({state}); choose another --name "
                            f"or continue it with --resume {run}")
         x_train, _ = _load_run_data(config, "train")
         x_val, _ = _load_run_data(config, "validation")
         x_test, _ = _load_run_data(config, "test")
-        try:
-            run.mkdir()
-            (run / "checkpoints").mkdir()
-        except OSError as e:
-            raise CLIError(f"cannot create run folder {run}: {e.strerror or e}") from None
-        _write_json(run / "config.json", config)
+        _create_run_folder(run, config)
 
     _set_quiet_tf()
     import keras
@@ -425,6 +455,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if config["mixed_precision"]:
             keras.mixed_precision.set_global_policy(config["mixed_precision"])
         metrics = _train(run, config, info, x_train, x_val, x_test, verbose=0 if args.quiet else 1)
+    except Exception:
+        if args.resume is None:
+            _remove_failed_start(run)
+        raise
     finally:
         keras.mixed_precision.set_global_policy(policy_before)
     metrics["wall_time_s"] = time.perf_counter() - start_wall
@@ -442,6 +476,8 @@ def _train(run: Path, config: dict, info, x_train, x_val, x_test, verbose: int) 
     import keras
     import numpy as np
 
+    from tfp_coupling.checkpoint import AtomicCheckpoint, adopt_keras_backup
+
     raw_pixels = config["model"] in _image_models()
     keras.utils.set_random_seed(config["seed"])
     model = _build_model(config)
@@ -458,8 +494,8 @@ def _train(run: Path, config: dict, info, x_train, x_val, x_test, verbose: int) 
     ckpt.mkdir(exist_ok=True)
     history_path = ckpt / "history.json"
     history = _read_json(history_path) if history_path.is_file() else []
-    meta = ckpt / "backup" / "training_metadata.json"
-    done = _read_json(meta)["epoch"] if meta.is_file() else 0
+    adopt_keras_backup(ckpt, ckpt / "backup")  # run folders of earlier versions
+    done = AtomicCheckpoint.completed_epochs(ckpt)
     history = [h for h in history if h["epoch"] <= done]  # drop epochs not in the checkpoint
 
     if done == 0 and config["model"] == "nice":
@@ -470,8 +506,7 @@ def _train(run: Path, config: dict, info, x_train, x_val, x_test, verbose: int) 
         val = info.dequantize(x_val, np.random.default_rng(_noise_seed(config, "validation")))
     callbacks = [
         _history_callback(history_path, history, correction),
-        keras.callbacks.BackupAndRestore(str(ckpt / "backup"), double_checkpoint=True,
-                                         delete_checkpoint=False),
+        AtomicCheckpoint(ckpt),
     ]
     train_ds = _train_dataset(x_train, info, config["batch_size"], config["seed"], raw_pixels)
     model.fit(train_ds, epochs=config["epochs"], validation_data=(val,), shuffle=False,
@@ -596,17 +631,26 @@ def _plot_run(run: Path, model, config: dict, info, x_test, history, n: int = 20
 
 
 def _load_run_model(run: Path):
+    path = run / "model.keras"
+    if not _is_complete(run):
+        # model.keras may be an earlier model: an interrupted `--resume --epochs N` keeps it
+        # until the new one is saved, so only metrics.json (written last) marks it current.
+        missing = "model.keras" if (run / "metrics.json").is_file() else "metrics.json"
+        raise CLIError(f"run {run} is unfinished (no {missing}); complete it with "
+                       f"tfp-coupling train --resume {run}")
     _set_quiet_tf()
     import keras
 
-    import tfp_coupling  # noqa: F401  (registers the builders and custom objects)
+    import tfp_coupling
 
-    _image_models()
-    path = run / "model.keras"
-    if not path.is_file():
-        raise CLIError(f"{run} has no model.keras: the run is unfinished; complete it with "
-                       f"tfp-coupling train --resume {run}")
-    return keras.models.load_model(path, compile=False)
+    tfp_coupling.load_all()  # registers the builders and custom objects
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as e:  # zipfile, h5py and Keras raise many kinds for a damaged file
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:160]
+        raise CLIError(f"cannot load {path}: the file is damaged or not a Keras model "
+                       f"({reason}); recreate it with tfp-coupling train --resume {run} after "
+                       f"deleting it") from None
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -770,15 +814,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the command line; returns the exit status (0 ok, 1 error, 2 usage)."""
+    """Runs the command line; returns the exit status (0 ok, 1 error, 2 usage).
+
+    Every failure is reported as one line ``tfp-coupling: error: ...`` on stderr, never a
+    traceback (set ``TFP_COUPLING_TRACEBACK=1`` to see one).
+    """
+    from tfp_coupling.errors import one_line_message, quiet_tensorflow_startup
+
+    quiet_tensorflow_startup()  # before anything imports TensorFlow
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
-            FileExistsError, ImportError) as e:
-        message = " ".join(str(e).split()) or type(e).__name__
-        print(f"tfp-coupling: error: {message}", file=sys.stderr)
+    except Exception as e:
+        if os.environ.get("TFP_COUPLING_TRACEBACK"):
+            raise
+        print(f"tfp-coupling: error: {one_line_message(e, expected=(CLIError,))}",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("tfp-coupling: interrupted (an unfinished run can be continued with --resume)",

@@ -448,7 +448,8 @@ class FlowModel(keras.Model):
 
     @classmethod
     def from_config(cls, config: dict) -> FlowModel:
-        from tfp_coupling import flows
+        # image_flows registers its builders on import; a bare `import tfp_coupling` is lazy.
+        from tfp_coupling import flows, image_flows  # noqa: F401
 
         flow_config = dict(config["flow_config"])
         builder = flows.get_builder(flow_config.pop("builder"))
