@@ -334,3 +334,20 @@ def test_errors_after_tensorflow_loads_are_one_clean_line(tmp_path):
     assert proc.stderr.splitlines() == [
         f"tfp-coupling: error: run {tmp_path} is unfinished (no model.keras); complete it with "
         f"tfp-coupling train --resume {tmp_path}"]
+
+
+def test_export_never_deletes_the_users_files(run, tmp_path, capsys):
+    before = sorted(p.name for p in run.iterdir())
+    assert cli.main(["export", str(run), "--out", str(run)]) == 1
+    assert "holding other files (not a SavedModel)" in _error_line(capsys)
+    assert cli.main(["export", str(run), "--out", str(run), "--overwrite"]) == 1
+    assert "exporting there would delete them" in _error_line(capsys)
+    assert sorted(p.name for p in run.iterdir()) == before
+    assert json.loads((run / "metrics.json").read_text())["complete"]
+    out = tmp_path / "flow"
+    assert cli.main(["export", str(run), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert cli.main(["export", str(run), "--out", str(out)]) == 1
+    assert "already holds a SavedModel; pass --overwrite" in _error_line(capsys)
+    assert cli.main(["export", str(run), "--out", str(out), "--overwrite"]) == 0
+    assert cli.main(["export", str(run)]) == 0  # the run's own RUN/saved_model is refreshed

@@ -517,7 +517,7 @@ def _train(run: Path, config: dict, info, x_train, x_val, x_test, verbose: int) 
     _save_model(model, run / "model.keras")
     from tfp_coupling.export import export_flow
 
-    export_flow(model, run / "saved_model")
+    export_flow(model, run / "saved_model", overwrite=True)  # the run's own, from an earlier try
     plots = _plot_run(run, model, config, info, x_test, history)
     train_nll = [h["train_nll"] for h in history]
     val_hist = [h["val_nll"] for h in history]
@@ -716,17 +716,36 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     run = _run_dir(args.run)
+    # RUN/saved_model is the run's own export (train writes it): refreshing it loses nothing.
     out = Path(args.out) if args.out else run / "saved_model"
+    overwrite = args.overwrite or not args.out
+    _check_export_out(out, overwrite)  # before loading TensorFlow and the model
     model = _load_run_model(run)
     from tfp_coupling.export import export_flow
 
     try:
-        export_flow(model, out)
+        export_flow(model, out, overwrite=overwrite)
+    except FileExistsError:
+        _check_export_out(out, overwrite)  # the folder changed meanwhile: say how
+        raise
     except OSError as e:
         raise CLIError(f"cannot export to {out}: {e.strerror or e}") from None
     print(f"wrote SavedModel to {out} (signatures log_prob, sample, sample_with_options, "
           f"forward, inverse; inputs in model units, see {run / 'metrics.json'})")
     return 0
+
+
+def _check_export_out(out: Path, overwrite: bool) -> None:
+    """Refuses an ``--out`` whose contents the export would delete (see ``--overwrite``)."""
+    if out.is_file():
+        raise CLIError(f"--out {out} is a file; give a folder for the SavedModel")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not (out / "saved_model.pb").is_file():
+        raise CLIError(f"--out {out} is a folder holding other files (not a SavedModel); "
+                       f"exporting there would delete them: choose a new or empty folder")
+    if not overwrite:
+        raise CLIError(f"--out {out} already holds a SavedModel; pass --overwrite to replace it")
 
 
 # --------------------------------------------------------------------------------------------
@@ -808,7 +827,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Export log_prob, sample, forward and inverse signatures "
                                    "(model units) with keras.export.ExportArchive.")
     x.add_argument("run", help="run folder")
-    x.add_argument("--out", help="SavedModel folder (default RUN/saved_model)")
+    x.add_argument("--out", help="SavedModel folder (default RUN/saved_model); a new or empty "
+                                 "folder, or an earlier SavedModel with --overwrite")
+    x.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier SavedModel at --out (nothing else is ever replaced)")
     x.set_defaults(func=_cmd_export)
     return parser
 

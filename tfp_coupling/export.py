@@ -27,7 +27,9 @@ the same ``seed`` return what ``model.sample(n, temperature, seed)`` returns. ``
 is ``log_prob``. Each signature returns one tensor under the key ``output_0``.
 
 The archive is written to a temporary folder beside ``filepath`` and renamed into place only once
-complete, so a failed export leaves an earlier export at ``filepath`` intact.
+complete, so a failed export leaves an earlier export at ``filepath`` intact. An existing
+``filepath`` is never deleted unless asked: ``overwrite=True`` replaces an earlier SavedModel
+(a folder holding ``saved_model.pb``); any other non-empty folder is refused even then.
 
 Example:
     >>> import tempfile, numpy as np, tensorflow as tf, tfp_coupling as tc
@@ -54,10 +56,12 @@ from typing import TYPE_CHECKING
 import keras
 import tensorflow as tf
 
+from tfp_coupling import atomic
+
 if TYPE_CHECKING:
     from tfp_coupling.model import FlowModel
 
-__all__ = ["ENDPOINTS", "export_flow"]
+__all__ = ["ENDPOINTS", "check_export_target", "export_flow"]
 
 ENDPOINTS = ("log_prob", "sample", "sample_with_options", "forward", "inverse")
 
@@ -122,28 +126,58 @@ def _build_archive(model: FlowModel) -> keras.export.ExportArchive:
     return archive
 
 
-def export_flow(model: FlowModel, filepath: str | os.PathLike, verbose: bool = False) -> None:
+def _is_saved_model(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, "saved_model.pb"))
+
+
+def check_export_target(filepath: str | os.PathLike, overwrite: bool = False) -> None:
+    """Raises ``FileExistsError`` unless a SavedModel may be written at ``filepath``.
+
+    Allowed: a path that does not exist, an empty folder, or (with ``overwrite``) an earlier
+    SavedModel. A file, or a folder holding anything else (a run folder, a user's data), is
+    never replaced: the export would delete what it holds.
+    """
+    filepath = os.fspath(filepath)
+    if os.path.isfile(filepath):
+        raise FileExistsError(f"cannot export to {filepath!r}: it is a file, not a folder")
+    if not os.path.isdir(filepath) or not os.listdir(filepath):
+        return
+    if not _is_saved_model(filepath):
+        raise FileExistsError(f"cannot export to {filepath!r}: the folder holds files that are "
+                              f"not a SavedModel, which the export would delete; choose a new "
+                              f"or empty folder")
+    if not overwrite:
+        raise FileExistsError(f"cannot export to {filepath!r}: a SavedModel is already there; "
+                              f"pass overwrite=True to replace it")
+
+
+def export_flow(model: FlowModel, filepath: str | os.PathLike, verbose: bool = False,
+                overwrite: bool = False) -> None:
     """Writes ``model`` as a SavedModel at ``filepath`` (see the module docstring).
 
     Args:
         model: the flow to export.
-        filepath: the SavedModel folder; an existing export there is replaced only after the new
-            one is complete.
+        filepath: the SavedModel folder: new, empty, or an earlier SavedModel (``overwrite``),
+            which is replaced only after the new one is complete.
         verbose: print the endpoints and the variables they use.
+        overwrite: replace an earlier SavedModel at ``filepath``.
 
     Raises:
-        FileExistsError: ``filepath`` exists and is a file, not a SavedModel folder.
+        FileExistsError: ``filepath`` is a file, a folder holding other files, or a SavedModel
+            and ``overwrite`` is false.
     """
     filepath = os.fspath(filepath)
     target = os.path.abspath(filepath)
-    if os.path.isfile(target):
-        raise FileExistsError(f"cannot export to {filepath!r}: it is a file, not a folder")
+    check_export_target(target, overwrite)
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}{atomic.TEMP_MARKER}", dir=parent)
     try:
+        os.chmod(tmp, atomic.default_folder_mode())  # mkdtemp's 0700 would hide it from others
         archive = _build_archive(model)
         archive.write_out(tmp, verbose=verbose)
+        atomic.fsync_tree(tmp)
+        check_export_target(target, overwrite)  # it may have changed while the export ran
         old = None
         if os.path.exists(target):
             old = os.path.join(parent, f".{os.path.basename(target)}.old-{uuid.uuid4().hex}")
@@ -154,6 +188,7 @@ def export_flow(model: FlowModel, filepath: str | os.PathLike, verbose: bool = F
             if old is not None:
                 os.rename(old, target)  # put the earlier export back
             raise
+        atomic.fsync_folder(parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:

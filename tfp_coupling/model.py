@@ -387,12 +387,14 @@ class FlowModel(keras.Model):
             raise self._nonfinite_data_error(e, guard) from None
 
     def export(self, filepath, format: str = "tf_saved_model",  # noqa: A002 (Keras's name)
-               verbose: bool | None = None, input_signature=None, **kwargs) -> None:
+               verbose: bool | None = None, input_signature=None, overwrite: bool = False,
+               **kwargs) -> None:
         """Writes a SavedModel with ``log_prob``, ``sample``, ``forward``, ``inverse`` endpoints.
 
         It loads with ``tf.saved_model.load(filepath)`` without tfp-coupling; see
-        :mod:`tfp_coupling.export` for the signatures. A failed export leaves an earlier export
-        at ``filepath`` intact.
+        :mod:`tfp_coupling.export` for the signatures. An existing SavedModel at ``filepath`` is
+        replaced only with ``overwrite=True``, and only once the new one is complete; any other
+        existing folder content is never deleted.
 
         Example:
             >>> import tempfile, tensorflow as tf, tfp_coupling as tc
@@ -411,7 +413,7 @@ class FlowModel(keras.Model):
             )
         from tfp_coupling.export import export_flow
 
-        export_flow(self, filepath, verbose=bool(verbose))
+        export_flow(self, filepath, verbose=bool(verbose), overwrite=overwrite)
 
     def sample(self, n: int, temperature: float = 1.0, seed: int | None = None) -> tf.Tensor:
         """Draws ``n`` samples ``f(T * z)``, ``z ~ N(0, I)``, with temperature ``T``.
