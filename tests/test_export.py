@@ -253,3 +253,30 @@ def test_export_never_deletes_what_it_did_not_write(moons_flow, exported, tmp_pa
     assert (empty / "saved_model.pb").is_file()
     assert (empty.stat().st_mode & 0o777) == atomic.default_folder_mode()  # not mkdtemp's 0700
     assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier", "empty", "mine"]
+
+
+def test_saved_model_endpoints_check_their_inputs(exported):
+    from tfp_coupling.export import MAX_SAMPLE_VALUES
+
+    loaded = tf.saved_model.load(str(exported))
+    nan = np.array([[0.0, np.nan]], np.float32)
+    limit = MAX_SAMPLE_VALUES // 2
+    bad_calls = [
+        (lambda: loaded.sample(-1), "sample: n must be >= 0"),
+        (lambda: loaded.signatures["sample"](n=tf.constant(-3)), "sample: n must be >= 0"),
+        (lambda: loaded.sample(limit + 1), f"sample: n must be <= {limit}"),
+        (lambda: loaded.sample(2, 0.0), "temperature must be a finite number > 0"),
+        (lambda: loaded.sample(2, -1.0, 3), "temperature must be a finite number > 0"),
+        (lambda: loaded.sample_with_options(2, float("nan"), 3),
+         "temperature must be a finite number > 0"),
+        (lambda: loaded.log_prob(nan), "log_prob: input x contains NaN or Inf"),
+        (lambda: loaded.signatures["log_prob"](x=tf.constant(nan)),
+         "log_prob: input x contains NaN or Inf"),
+        (lambda: loaded.inverse(nan), "inverse: input x contains NaN or Inf"),
+        (lambda: loaded.forward(nan), "forward: input z contains NaN or Inf"),
+    ]
+    for call, message in bad_calls:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            call()
+    assert loaded.sample(0).shape == (0, 2)  # the edges are fine
+    assert np.isfinite(loaded.sample(3, 1e-3, 1).numpy()).all()

@@ -192,7 +192,7 @@ def _load_run_data(config: dict, split: str, dataset: str | None = None,
     raw_pixels = config["model"] in _image_models()
     x, info = data.load(name, split, seed=config["seed"], data_dir=data_dir,
                         normalize=not raw_pixels, with_info=True,
-                        standardization=saved if saved.kind == "tabular" else None)
+                        standardization=saved if saved.kind != "image" else None)
     expected = tuple(config["image_shape"] or ()) if raw_pixels else (config["event_size"],)
     if not raw_pixels:
         x = x.reshape(len(x), -1)
@@ -368,6 +368,20 @@ def _remove_failed_start(run: Path) -> None:
     shutil.rmtree(run, ignore_errors=True)
 
 
+def _check_vectors(info, dataset: str, raw_pixels: bool) -> None:
+    """Refuses data a coupling flow cannot model; notes integer-valued table columns."""
+    if not raw_pixels and info.event_size < 2:
+        raise CLIError(f"{dataset}: examples have {info.event_size} value(s); a coupling flow "
+                       f"needs at least 2 (it transforms one part of each example given the "
+                       f"other)")
+    if info.integer_columns:
+        columns = ", ".join(str(c + 1) for c in info.integer_columns)
+        print(f"tfp-coupling: note: column(s) {columns} of {dataset} hold whole numbers only; "
+              f"the flow treats them as continuous, so its NLL is a density there, not the "
+              f"probability of the integers (dequantise: add uniform noise in [0, 1) to those "
+              f"columns in the file)", file=sys.stderr)
+
+
 def _dataset_label(dataset: str) -> str:
     return Path(dataset).stem if dataset.lower().endswith((".npy", ".csv")) else dataset
 
@@ -426,6 +440,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if info.kind != "image" and raw_pixels:
             raise CLIError(f"--model {args.model} needs an image dataset; {args.dataset!r} "
                            f"holds vectors of shape {list(info.event_shape)}")
+        _check_vectors(info, args.dataset, raw_pixels)
         if info.kind == "tabular":
             config["dataset"] = info.name  # the resolved path: resume/evaluate from anywhere
         config["event_size"] = info.event_size
@@ -679,14 +694,19 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     run = _run_dir(args.run)
     if args.n < 1:
         raise CLIError(f"-n must be >= 1, got {args.n}")
-    if not args.temperature > 0:
-        raise CLIError(f"--temperature must be > 0, got {args.temperature}")
+    if not (args.temperature > 0 and math.isfinite(args.temperature)):
+        raise CLIError(f"--temperature must be a finite number > 0, got {args.temperature}")
     config = _read_json(run / "config.json")
     out = Path(args.out) if args.out else run / "samples.npy"
     if out.suffix != ".npy":
         raise CLIError(f"--out must end in .npy, got {out}")
     if not out.parent.is_dir():
         raise CLIError(f"output folder not found: {out.parent}")
+    if args.out and not args.overwrite:  # RUN/samples.* are the run's own, refreshed freely
+        existing = [p for p in (out, out.with_suffix(".png")) if p.exists()]
+        if existing:
+            raise CLIError(f"{existing[0]} already exists; pass --overwrite to replace "
+                           f"{' and '.join(str(p) for p in existing)}")
     model = _load_run_model(run)
     from tfp_coupling.data import DatasetInfo
 
@@ -820,7 +840,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-n", type=int, default=1000, help="number of samples (default 1000)")
     s.add_argument("--temperature", type=float, default=1.0, help="scale of the base noise")
     s.add_argument("--seed", type=int, default=0, help="sampling seed")
-    s.add_argument("--out", help="output .npy (default RUN/samples.npy)")
+    s.add_argument("--out", help="output .npy (default RUN/samples.npy); the picture goes "
+                                 "beside it as .png")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out .npy and its .png")
     s.set_defaults(func=_cmd_sample)
 
     x = sub.add_parser("export", help="write a run's model as a TensorFlow SavedModel",

@@ -62,39 +62,59 @@ def quiet_tensorflow_startup() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-# absl/glog INFO and WARNING lines ("I0000 00:00:17... port.cc:153] oneDNN custom operations ...")
-# and absl's notice that it logs before being initialised. TensorFlow 2.16+ writes these from C++
-# before TF_CPP_MIN_LOG_LEVEL is read, so no environment variable silences them.
-_STARTUP_NOISE = re.compile(r"^([IW]\d{4} [\d:.]+\s+\d+ \S+:\d+\] |WARNING: All log messages "
-                            r"before absl::InitializeLog\(\))")
+# absl/glog lines ("I0000 00:00:17... port.cc:153] oneDNN custom operations ...", severity I, W,
+# E or F first) and absl's notice that it logs before being initialised. TensorFlow 2.16+ writes
+# these from C++ before TF_CPP_MIN_LOG_LEVEL is read, so no environment variable silences them.
+_GLOG_LINE = re.compile(r"^([IWEF])\d{4} [\d:.]+\s+\d+ \S+:\d+\] ")
+_ABSL_NOTICE = "WARNING: All log messages before absl::InitializeLog() is called"
+_SEVERITY = "IWEF"
+
+
+def _drop_startup_noise(lines: list[str], min_level: int) -> list[str]:
+    """The lines of a log below ``TF_CPP_MIN_LOG_LEVEL`` removed (with their continuations)."""
+    shown, dropping = [], False
+    for line in lines:
+        match = _GLOG_LINE.match(line)
+        if match:
+            dropping = _SEVERITY.index(match.group(1)) < min_level
+        elif line.startswith(_ABSL_NOTICE):
+            dropping = min_level > 0
+        # Other lines continue the entry above them (a multi-line message) or are not logs.
+        if not dropping:
+            shown.append(line)
+    return shown
 
 
 def import_tensorflow_quietly() -> None:
-    """Imports TensorFlow, Keras and TFP with their C++ start-up INFO/WARNING lines dropped.
+    """Imports TensorFlow, Keras and TFP and finds the devices, without their start-up logs.
 
-    The process's stderr (file descriptor 2, where C++ writes) goes to a temporary file during
-    the import; afterwards every line but the start-up notices is written to stderr again, so
-    errors still show. With ``TF_CPP_MIN_LOG_LEVEL=0`` (the user asks for TensorFlow's logs)
-    nothing is dropped.
+    The process's stderr (file descriptor 2, where C++ writes) goes to a temporary file
+    meanwhile; afterwards the lines at or above ``TF_CPP_MIN_LOG_LEVEL`` (3, FATAL only, unless
+    the user set it) and anything that is not a log line are written to stderr again.
     """
     if "tensorflow" in sys.modules:
         return
     quiet_tensorflow_startup()
-    keep_all = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") == "0"
+    try:
+        min_level = int(os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0"))
+    except ValueError:
+        min_level = 0
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as log:
         os.dup2(log.fileno(), 2)
         try:
             import keras  # noqa: F401
-            import tensorflow  # noqa: F401
+            import tensorflow as tf
             import tensorflow_probability  # noqa: F401
+
+            tf.config.list_physical_devices()  # CUDA's "failed call to cuInit" on CPU machines
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
             os.close(saved)
             log.seek(0)
             lines = log.read().decode(errors="replace").splitlines()
-            shown = [line for line in lines if keep_all or not _STARTUP_NOISE.match(line)]
+            shown = _drop_startup_noise(lines, min_level)
             if shown:
                 print("\n".join(shown), file=sys.stderr)

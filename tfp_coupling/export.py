@@ -61,16 +61,46 @@ from tfp_coupling import atomic
 if TYPE_CHECKING:
     from tfp_coupling.model import FlowModel
 
-__all__ = ["ENDPOINTS", "check_export_target", "export_flow"]
+__all__ = ["ENDPOINTS", "MAX_SAMPLE_VALUES", "check_export_target", "export_flow"]
 
 ENDPOINTS = ("log_prob", "sample", "sample_with_options", "forward", "inverse")
+#: Most values one ``sample`` call may return (512 MiB of float32): a larger ``n`` is refused
+#: with a message rather than killed by the kernel for want of memory. Draw in batches.
+MAX_SAMPLE_VALUES = 2**27
+
+
+def _check(condition, message: str) -> tf.Operation:
+    """An assertion in the exported graph; it fails with ``message`` (InvalidArgumentError)."""
+    return tf.debugging.Assert(condition, [message])
+
+
+def _checked_input(x: tf.Tensor, endpoint: str, name: str) -> tf.Tensor:
+    """``x`` once it is known to be finite: NaN in gives an error, not NaN out."""
+    with tf.control_dependencies([_check(tf.reduce_all(tf.math.is_finite(x)),
+                                         f"{endpoint}: input {name} contains NaN or Inf")]):
+        return tf.identity(x)
 
 
 def _draw_base(model: FlowModel, n, temperature, seed) -> tf.Tensor:
-    """``T * z`` with ``z ~ N(0, I)`` of shape ``[n, *event]``, drawn as ``model.sample`` does."""
+    """``T * z`` with ``z ~ N(0, I)`` of shape ``[n, *event]``, drawn as ``model.sample`` does.
+
+    ``n`` must be in ``[0, MAX_SAMPLE_VALUES / event size]`` and the temperature finite and
+    positive; otherwise the call fails with a message saying so.
+    """
     dtype = model.flow_dtype
-    shape = tf.concat([tf.reshape(tf.cast(n, tf.int32), [1]),
-                       tf.constant(model.event_shape, tf.int32)], axis=0)
+    n = tf.cast(n, tf.int32)
+    temperature = tf.cast(temperature, dtype)
+    limit = MAX_SAMPLE_VALUES // model.event_size
+    checks = [
+        _check(n >= 0, "sample: n must be >= 0"),
+        _check(n <= limit, f"sample: n must be <= {limit} ({MAX_SAMPLE_VALUES} values per call); "
+                           f"draw more in batches"),
+        _check(tf.math.is_finite(temperature) & (temperature > 0),
+               "sample: temperature must be a finite number > 0"),
+    ]
+    with tf.control_dependencies(checks):
+        n = tf.identity(n)
+    shape = tf.concat([tf.reshape(n, [1]), tf.constant(model.event_shape, tf.int32)], axis=0)
     if isinstance(seed, int):  # a Python default: decided when tracing
         z = (tf.random.normal(shape, dtype=dtype) if seed < 0 else
              tf.random.stateless_normal(shape, seed=[seed, 0], dtype=dtype))
@@ -81,7 +111,7 @@ def _draw_base(model: FlowModel, n, temperature, seed) -> tf.Tensor:
             lambda: tf.random.stateless_normal(shape, seed=tf.stack([seed, 0]), dtype=dtype),
             lambda: tf.random.normal(shape, dtype=dtype),
         )
-    return z * tf.cast(temperature, dtype)
+    return z * temperature
 
 
 def _build_archive(model: FlowModel) -> keras.export.ExportArchive:
@@ -94,13 +124,13 @@ def _build_archive(model: FlowModel) -> keras.export.ExportArchive:
     s_spec = tf.TensorSpec([], tf.int32, name="seed")
 
     def log_prob(x):
-        return model.log_prob(x)
+        return model.log_prob(_checked_input(x, "log_prob", "x"))
 
     def forward(z):
-        return model.forward(z)
+        return model.forward(_checked_input(z, "forward", "z"))
 
     def inverse(x):
-        return model.inverse(x)
+        return model.inverse(_checked_input(x, "inverse", "x"))
 
     def sample(n, temperature=1.0, seed=-1):
         return model.forward(_draw_base(model, n, temperature, seed))
