@@ -351,3 +351,80 @@ def test_export_never_deletes_the_users_files(run, tmp_path, capsys):
     assert "already holds a SavedModel; pass --overwrite" in _error_line(capsys)
     assert cli.main(["export", str(run), "--out", str(out), "--overwrite"]) == 0
     assert cli.main(["export", str(run)]) == 0  # the run's own RUN/saved_model is refreshed
+
+
+def test_a_table_far_from_zero_trains_and_samples_at_full_resolution(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    n = 600
+    x = np.stack([1.7e9 + rng.normal(0.0, 100.0, n), rng.normal(size=n),
+                  rng.integers(0, 5, n).astype(float)], axis=1)
+    np.save(tmp_path / "stamps.npy", x)
+    assert _train(tmp_path / "runs", "t", "--dataset", str(tmp_path / "stamps.npy"),
+                  "--model", "nice", "--epochs", "1", "--batch-size", "100") == 0
+    err = capsys.readouterr().err
+    assert (f"tfp-coupling: note: column(s) 3 of {tmp_path / 'stamps.npy'} hold whole numbers "
+            f"only; the flow treats them as continuous") in err
+    run = tmp_path / "runs" / "t"
+    out = tmp_path / "s.npy"
+    assert cli.main(["sample", str(run), "-n", "500", "--out", str(out)]) == 0
+    samples = np.load(out)
+    assert samples.dtype == np.float64
+    assert len(np.unique(samples[:, 0])) > 450  # not a handful of float32 steps of 128
+    assert abs(np.median(samples[:, 0]) - 1.7e9) < 300
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_nll"] < 20  # about log(100) + 2 nats, not a spike's 1e3
+    # Sampling again to the same --out needs --overwrite (both files exist).
+    capsys.readouterr()
+    assert cli.main(["sample", str(run), "-n", "5", "--out", str(out)]) == 1
+    assert f"{out} already exists; pass --overwrite to replace {out} and " \
+           f"{out.with_suffix('.png')}" in _error_line(capsys)
+    assert len(np.load(out)) == 500
+    assert cli.main(["sample", str(run), "-n", "5", "--out", str(out), "--overwrite"]) == 0
+    assert len(np.load(out)) == 5
+
+
+def test_evaluate_a_file_in_the_units_of_a_built_in_dataset_run(run, tmp_path, capsys):
+    from tfp_coupling import data
+
+    np.save(tmp_path / "points.npy", data.load("two_moons", "test"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(run), "--dataset", str(tmp_path / "points.npy"),
+                     "--split", "all", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["nll"] == pytest.approx(metrics["test_nll"],
+                                                                       abs=1e-4)
+
+
+def test_an_interrupted_extension_is_not_evaluated_as_finished(tmp_path, monkeypatch, capsys):
+    from tfp_coupling.checkpoint import AtomicCheckpoint
+
+    assert _train(tmp_path, "r", "--epochs", "1") == 0
+    run = tmp_path / "r"
+
+    def interrupt(self, epoch, logs=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(AtomicCheckpoint, "on_epoch_end", interrupt)
+    assert cli.main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    for command in (["evaluate", str(run)], ["sample", str(run)], ["export", str(run)]):
+        assert cli.main(command) == 1
+        assert _error_line(capsys) == (f"tfp-coupling: error: run {run} is unfinished (no "
+                                       f"metrics.json); complete it with tfp-coupling train "
+                                       f"--resume {run}")
+    # A run whose model.keras is lost is finished by --resume, not sent round in circles.
+    assert cli.main(["train", "--resume", str(run), "--quiet"]) == 0
+    (run / "model.keras").unlink()
+    assert cli.main(["evaluate", str(run)]) == 1
+    assert "is unfinished (no model.keras)" in _error_line(capsys)
+    assert cli.main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert cli.main(["evaluate", str(run)]) == 0
+
+
+def test_a_failed_start_leaves_no_run_folder(tmp_path, capsys):
+    args = ["--lr", "1e30", "--clipnorm", "0", "--schedule", "constant", "--epochs", "2"]
+    assert _train(tmp_path, "d", *args) == 1
+    assert "non-finite loss" in _error_line(capsys)
+    assert not (tmp_path / "d").exists()  # so that a retry with the same --name starts afresh
+    assert _train(tmp_path, "d", "--epochs", "1") == 0
