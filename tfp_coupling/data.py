@@ -332,8 +332,9 @@ class DatasetInfo:
         return float(1.0 / np.asarray(self.scale, np.float64).max())
 
     def to_model_units(self, x_data) -> np.ndarray:
-        """``(x_data - shift) / scale`` as float32."""
-        return ((np.asarray(x_data, np.float64) - self.shift) / self.scale).astype(np.float32)
+        """``(x_data - shift) / scale`` as float32 (beyond float32's range: Inf, see load)."""
+        with np.errstate(over="ignore"):
+            return ((np.asarray(x_data, np.float64) - self.shift) / self.scale).astype(np.float32)
 
     @property
     def data_dtype(self) -> np.dtype:
