@@ -4,7 +4,9 @@
 ``TerminateOnNaN``) is already there. To resume an interrupted run, Keras's own
 ``keras.callbacks.BackupAndRestore(backup_dir)`` works with ``FlowModel`` as is: it restores the
 weights, the optimizer state and the epoch counter, and a rerun of the same ``fit`` call
-continues where the last completed epoch left off.
+continues where the last completed epoch left off. It writes its file in place, though: for
+checkpoints that a kill during the write cannot tear, use
+:class:`tfp_coupling.checkpoint.AtomicCheckpoint` the same way.
 
 Example:
     >>> import tempfile, keras, numpy as np, tfp_coupling as tc

@@ -11,10 +11,13 @@ Usage (``python -m tfp_coupling`` works the same)::
     tfp-coupling export runs/pinwheel-nice --out /tmp/pinwheel_flow
 
 A run folder holds ``config.json`` (written first: everything needed to rebuild the model and
-the data), ``checkpoints/`` (Keras ``BackupAndRestore`` state: weights, optimizer, epoch; and
-the per-epoch history), ``model.keras``, ``saved_model/``, PNG plots, and ``metrics.json``,
-written last and atomically: a folder without ``metrics.json`` is an unfinished run (resume it
-with ``--resume``).
+the data), ``checkpoints/`` (:class:`~tfp_coupling.checkpoint.AtomicCheckpoint` state: weights,
+optimizer, epoch; and the per-epoch history), ``model.keras``, ``saved_model/``, PNG plots, and
+``metrics.json``, written last and atomically: a folder without ``metrics.json`` is an
+unfinished run (resume it with ``--resume``).
+
+Nothing the user owns is replaced without ``--overwrite``: ``export --out`` and ``sample --out``
+refuse existing outputs (``export`` replaces only an earlier SavedModel, and never other files).
 
 Units: the model sees data in *model units* ``x_model = (x - shift) / scale`` (tables are
 standardised with the training split's statistics, flattened images divided by 256). Every NLL
@@ -22,8 +25,10 @@ the CLI reports is in the data's own units, ``nll_data = nll_model + sum(log sca
 ``metrics.json`` records ``shift``, ``scale`` and that correction. The SavedModel works in model
 units.
 
-Errors in the input (unknown dataset, missing file, NaN in a table, unwritable output folder)
-print one line ``tfp-coupling: error: ...`` on stderr and exit with status 1.
+Errors (unknown dataset, missing file, NaN in a table, unwritable output folder, a diverging
+run, a full disk) print one line ``tfp-coupling: error: ...`` on stderr and exit with status 1;
+usage errors exit with status 2. TensorFlow is imported only once the options are checked, and
+without its start-up log lines.
 """
 
 from __future__ import annotations
