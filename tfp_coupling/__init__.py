@@ -9,11 +9,14 @@ Example:
 
 import importlib
 import importlib.util
+import os
+import sys
 from typing import TYPE_CHECKING
 
-# TensorFlow takes seconds to import and logs on start-up, so the package imports it only when a
-# name that needs it is first used (PEP 562): `tfp-coupling --help` and option errors stay fast
-# and quiet, and `from tfp_coupling import data` needs numpy only.
+# `import tfp_coupling` imports every module (so that keras.models.load_model finds the flows),
+# except when the import starts the command line: TensorFlow takes seconds to import and logs on
+# start-up, and `tfp-coupling --help` or a bad option must answer at once. Names are then
+# resolved when first used (PEP 562), and the CLI calls load_all() once the options are checked.
 _EXPORTS = {
     "ActNorm": "tfp_coupling.bijectors",
     "AdditiveCoupling": "tfp_coupling.bijectors",
@@ -85,6 +88,16 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
 
 
+def _starting_the_command_line() -> bool:
+    """Whether this import is the start of ``tfp-coupling`` or ``python -m tfp_coupling``.
+
+    The console script runs as ``.../bin/tfp-coupling``; ``python -m`` imports the package while
+    ``sys.argv[0]`` is still ``"-m"``.
+    """
+    argv0 = sys.argv[0] if sys.argv else ""
+    return argv0 == "-m" or os.path.basename(argv0) in ("tfp-coupling", "tfp-coupling.exe")
+
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -116,3 +129,6 @@ __all__ = [
     "realnvp_image_flow",
     "register_builder",
 ]
+
+if not _starting_the_command_line():
+    load_all()
