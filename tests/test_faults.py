@@ -117,6 +117,33 @@ def test_a_checkpoint_that_does_not_match_is_an_error_not_a_restart(tmp_path):
         fresh.fit(x, x[:, :1], epochs=3, verbose=0, callbacks=[AtomicCheckpoint(tmp_path)])
 
 
+def test_leftovers_of_a_killed_finish_are_cleaned_by_the_resume(tmp_path, monkeypatch):
+    from tfp_coupling.checkpoint import AtomicCheckpoint as Checkpoint
+
+    real_end = Checkpoint.on_epoch_end
+
+    def stop_after_the_last_epoch(self, epoch, logs=None):
+        real_end(self, epoch, logs)
+        if epoch + 1 == EPOCHS:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Checkpoint, "on_epoch_end", stop_after_the_last_epoch)
+    assert _train(tmp_path, "r") == 130
+    monkeypatch.undo()
+    run = tmp_path / "r"
+    # What SIGKILL leaves while the model, the SavedModel and the plots are being written:
+    (run / ".saved_model.tmp-abc123").mkdir()
+    (run / ".saved_model.tmp-abc123" / "saved_model.pb").write_bytes(b"half")
+    (run / ".model.k2j3.keras").write_bytes(b"half")
+    (run / ".density.png.tmp-x1.png").write_bytes(b"half")
+    (run / "checkpoints" / ".epoch-0004.weights.h5.tmp-q.weights.h5").write_bytes(b"half")
+    (run / ".my-notes").write_text("a user's hidden file is not a leftover")
+    assert cli.main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert sorted(p.name for p in run.rglob(".*")) == [".my-notes"]
+    (run / ".my-notes").unlink()
+    _check_finished(run)
+
+
 # --------------------------------------------------------------------------------------------
 # Real signals in a child process
 

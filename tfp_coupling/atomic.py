@@ -122,14 +122,28 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_with(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
-    """Deletes temporaries a killed process left in ``folder`` (only this module's names)."""
+def remove_stale_temporaries(folder: str | os.PathLike,
+                             also: tuple[str, ...] = ()) -> list[Path]:
+    """Deletes the temporaries a killed process left in ``folder``; returns what it deleted.
+
+    Only names this package gives its temporaries are touched: hidden entries (files or
+    folders) with :data:`TEMP_MARKER` in their name, or matching one of the ``also`` glob
+    patterns (for writers that name temporaries their own way).
+    """
+    import fnmatch
+    import shutil
+
     removed = []
     folder = Path(folder)
     if not folder.is_dir():
         return removed
     for p in folder.iterdir():
-        if p.name.startswith(".") and TEMP_MARKER in p.name and p.is_file():
+        if not p.name.startswith(".") or not (
+                TEMP_MARKER in p.name or any(fnmatch.fnmatch(p.name, g) for g in also)):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
             p.unlink(missing_ok=True)
-            removed.append(p)
+        removed.append(p)
     return removed

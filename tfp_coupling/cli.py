@@ -355,6 +355,17 @@ def _create_run_folder(run: Path, config: dict) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _remove_stale_temporaries(run: Path) -> None:
+    """Deletes what a killed earlier attempt left half-written in the run folder.
+
+    (Temporary exports, models and plots: each is renamed into place only when complete, so a
+    leftover is never the only copy of anything.)
+    """
+    from tfp_coupling import atomic
+
+    atomic.remove_stale_temporaries(run, also=(".model.*.keras",))
+
+
 def _remove_failed_start(run: Path) -> None:
     """Deletes the run folder this command created if it failed before any epoch was saved.
 
@@ -432,6 +443,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         x_val, _ = _load_run_data(config, "validation")
         x_test, _ = _load_run_data(config, "test")
         (run / "metrics.json").unlink(missing_ok=True)  # no longer complete while training
+        _remove_stale_temporaries(run)
         _write_json(run / "config.json", config)
     else:
         config = _new_config(args)

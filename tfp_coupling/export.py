@@ -210,7 +210,8 @@ def export_flow(model: FlowModel, filepath: str | os.PathLike, verbose: bool = F
         check_export_target(target, overwrite)  # it may have changed while the export ran
         old = None
         if os.path.exists(target):
-            old = os.path.join(parent, f".{os.path.basename(target)}.old-{uuid.uuid4().hex}")
+            old = os.path.join(parent, f".{os.path.basename(target)}{atomic.TEMP_MARKER}old-"
+                                       f"{uuid.uuid4().hex}")
             os.rename(target, old)
         try:
             os.rename(tmp, target)
