@@ -144,6 +144,27 @@ def test_leftovers_of_a_killed_finish_are_cleaned_by_the_resume(tmp_path, monkey
     _check_finished(run)
 
 
+def test_a_run_folder_of_an_earlier_version_resumes_from_its_keras_backup(tmp_path):
+    from tfp_coupling.checkpoint import adopt_keras_backup
+
+    def new_model():
+        model = keras.Sequential([keras.Input([2]), keras.layers.Dense(1)])
+        model.compile(optimizer="adam", loss="mse")
+        return model
+
+    x = np.zeros((8, 2), np.float32)
+    backup = tmp_path / "backup"
+    new_model().fit(x, x[:, :1], epochs=2, batch_size=4, verbose=0, callbacks=[
+        keras.callbacks.BackupAndRestore(str(backup), delete_checkpoint=False)])
+    assert adopt_keras_backup(tmp_path, backup)
+    assert not adopt_keras_backup(tmp_path, backup)  # once only
+    model = new_model()
+    history = model.fit(x, x[:, :1], epochs=3, batch_size=4, verbose=0,
+                        callbacks=[AtomicCheckpoint(tmp_path)])
+    assert len(history.history["loss"]) == 1  # only the third epoch was left
+    assert int(model.optimizer.iterations.numpy()) == 6
+
+
 # --------------------------------------------------------------------------------------------
 # Real signals in a child process
 
