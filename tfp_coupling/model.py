@@ -447,14 +447,15 @@ class FlowModel(keras.Model):
     def sample(self, n: int, temperature: float = 1.0, seed: int | None = None) -> tf.Tensor:
         """Draws ``n`` samples ``f(T * z)``, ``z ~ N(0, I)``, with temperature ``T``.
 
-        An integer ``seed`` makes the draw reproducible (stateless sampling).
+        An integer ``seed`` makes the draw reproducible (stateless sampling). ``temperature=0``
+        gives ``f(0)`` ``n`` times (the image of the base distribution's mode).
         """
         if not tf.is_tensor(n):
             n = _whole_number(n, "n")
         if not tf.is_tensor(temperature) and not (
                 isinstance(temperature, int | float | np.number) and math.isfinite(temperature)
-                and temperature > 0):
-            raise ValueError(f"{self.name}: temperature must be a finite number > 0, got "
+                and temperature >= 0):
+            raise ValueError(f"{self.name}: temperature must be a finite number >= 0, got "
                              f"{temperature!r}")
         shape = tf.concat([tf.reshape(tf.cast(n, tf.int32), [1]),
                            tf.constant(self.event_shape, tf.int32)], axis=0)
