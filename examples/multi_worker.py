@@ -3,8 +3,8 @@
 This is the path from one device to many machines: the same ``FlowModel`` code runs on every
 worker, built inside ``strategy.scope()``; each worker reads its shard of every global batch and
 the gradients are all-reduced, so all workers hold identical weights. Here the workers are local
-processes on 127.0.0.1; on a cluster each machine runs ``--worker-index i`` with a ``TF_CONFIG``
-listing every worker's ``host:port``.
+processes on 127.0.0.1; on a cluster each machine runs ``--worker`` with a ``TF_CONFIG`` listing
+every worker's ``host:port`` and giving its own index as ``task.index``.
 
 Run: ``python examples/multi_worker.py`` (launches 2 workers on free loopback ports; 10 epochs
 took about 75 s on 2 shared CPU cores, test NLL 2.50 -> 1.38 nats). One worker by hand::

@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import keras
@@ -119,13 +120,15 @@ def test_export(run, tmp_path, capsys):
 
 
 def test_interrupted_run_resumes_from_its_checkpoint(tmp_path, monkeypatch, capsys):
-    original = keras.callbacks.BackupAndRestore.on_epoch_end
+    from tfp_coupling.checkpoint import AtomicCheckpoint
+
+    original = AtomicCheckpoint.on_epoch_end
 
     def interrupt_after_first_epoch(self, epoch, logs=None):
         original(self, epoch, logs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(keras.callbacks.BackupAndRestore, "on_epoch_end",
+    monkeypatch.setattr(AtomicCheckpoint, "on_epoch_end",
                         interrupt_after_first_epoch)
     assert _train(tmp_path, "r", "--epochs", "2") == 130
     monkeypatch.undo()
@@ -317,3 +320,152 @@ def test_table_runs_get_the_small_data_defaults(tmp_path):
     assert _train(tmp_path, "t", "--dataset", str(table), "--epochs", "2") == 0
     config = json.loads((tmp_path / "t" / "config.json").read_text())
     assert (config["lr"], config["batch_size"], config["epochs"]) == (1e-4, 64, 2)
+
+
+def _run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """``python -m tfp_coupling ARGS`` on this checkout, with the user's default environment."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    repo = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([repo, *filter(None, [env.get("PYTHONPATH")])])
+    return subprocess.run([sys.executable, "-m", "tfp_coupling", *args], capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize("args, status", [
+    (["--help"], 0),
+    (["train", "--help"], 0),
+    (["train", "--epochs", "many"], 2),
+    (["train", "--epochs", "0"], 1),
+    (["train", "--hidden", "8,,8"], 1),
+    (["evaluate", "/nonexistent/run"], 1),
+])
+def test_help_and_option_errors_are_fast_and_do_not_import_tensorflow(args, status):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "tfp_coupling", *args], capture_output=True,
+                          text=True, timeout=60, env=env)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == status, proc.stderr
+    assert elapsed < 2.0, elapsed
+    if status:
+        assert proc.stderr.splitlines()[0].startswith(("tfp-coupling: error: ", "usage: "))
+        assert "Traceback" not in proc.stderr
+    imports = subprocess.run([sys.executable, "-X", "importtime", "-m", "tfp_coupling", *args],
+                             capture_output=True, text=True, timeout=60, env=env).stderr
+    assert "| tfp_coupling.cli" in imports  # the check below looks at the right output
+    assert not [line for line in imports.splitlines() if "| tensorflow" in line]
+
+
+def test_a_plain_import_still_registers_the_flows_for_keras(run):
+    code = ("import sys, keras, tfp_coupling; m = keras.models.load_model(sys.argv[1]); "
+            "print(type(m).__name__)")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run([sys.executable, "-c", code, str(run / "model.keras")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "FlowModel"
+
+
+def test_errors_after_tensorflow_loads_are_one_clean_line(tmp_path):
+    (tmp_path / "config.json").write_text("{}")  # a run folder whose model is missing
+    (tmp_path / "metrics.json").write_text("{}")
+    proc = _run_cli("evaluate", str(tmp_path))
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        f"tfp-coupling: error: run {tmp_path} is unfinished (no model.keras); complete it with "
+        f"tfp-coupling train --resume {tmp_path}"]
+
+
+def test_export_never_deletes_the_users_files(run, tmp_path, capsys):
+    before = sorted(p.name for p in run.iterdir())
+    assert cli.main(["export", str(run), "--out", str(run)]) == 1
+    assert "holding other files (not a SavedModel)" in _error_line(capsys)
+    assert cli.main(["export", str(run), "--out", str(run), "--overwrite"]) == 1
+    assert "exporting there would delete them" in _error_line(capsys)
+    assert sorted(p.name for p in run.iterdir()) == before
+    assert json.loads((run / "metrics.json").read_text())["complete"]
+    out = tmp_path / "flow"
+    assert cli.main(["export", str(run), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert cli.main(["export", str(run), "--out", str(out)]) == 1
+    assert "already holds a SavedModel; pass --overwrite" in _error_line(capsys)
+    assert cli.main(["export", str(run), "--out", str(out), "--overwrite"]) == 0
+    assert cli.main(["export", str(run)]) == 0  # the run's own RUN/saved_model is refreshed
+
+
+def test_a_table_far_from_zero_trains_and_samples_at_full_resolution(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    n = 600
+    x = np.stack([1.7e9 + rng.normal(0.0, 100.0, n), rng.normal(size=n),
+                  rng.integers(0, 5, n).astype(float)], axis=1)
+    np.save(tmp_path / "stamps.npy", x)
+    assert _train(tmp_path / "runs", "t", "--dataset", str(tmp_path / "stamps.npy"),
+                  "--model", "nice", "--epochs", "1", "--batch-size", "100") == 0
+    err = capsys.readouterr().err
+    assert (f"tfp-coupling: note: column(s) 3 of {tmp_path / 'stamps.npy'} hold whole numbers "
+            f"only; the flow treats them as continuous") in err
+    run = tmp_path / "runs" / "t"
+    out = tmp_path / "s.npy"
+    assert cli.main(["sample", str(run), "-n", "500", "--out", str(out)]) == 0
+    samples = np.load(out)
+    assert samples.dtype == np.float64
+    assert len(np.unique(samples[:, 0])) > 450  # not a handful of float32 steps of 128
+    assert abs(np.median(samples[:, 0]) - 1.7e9) < 300
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_nll"] < 20  # about log(100) + 2 nats, not a spike's 1e3
+    # Sampling again to the same --out needs --overwrite (both files exist).
+    capsys.readouterr()
+    assert cli.main(["sample", str(run), "-n", "5", "--out", str(out)]) == 1
+    assert f"{out} already exists; pass --overwrite to replace {out} and " \
+           f"{out.with_suffix('.png')}" in _error_line(capsys)
+    assert len(np.load(out)) == 500
+    assert cli.main(["sample", str(run), "-n", "5", "--out", str(out), "--overwrite"]) == 0
+    assert len(np.load(out)) == 5
+
+
+def test_evaluate_a_file_in_the_units_of_a_built_in_dataset_run(run, tmp_path, capsys):
+    from tfp_coupling import data
+
+    np.save(tmp_path / "points.npy", data.load("two_moons", "test"))
+    metrics = json.loads((run / "metrics.json").read_text())
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(run), "--dataset", str(tmp_path / "points.npy"),
+                     "--split", "all", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["nll"] == pytest.approx(metrics["test_nll"],
+                                                                       abs=1e-4)
+
+
+def test_an_interrupted_extension_is_not_evaluated_as_finished(tmp_path, monkeypatch, capsys):
+    from tfp_coupling.checkpoint import AtomicCheckpoint
+
+    assert _train(tmp_path, "r", "--epochs", "1") == 0
+    run = tmp_path / "r"
+
+    def interrupt(self, epoch, logs=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(AtomicCheckpoint, "on_epoch_end", interrupt)
+    assert cli.main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    for command in (["evaluate", str(run)], ["sample", str(run)], ["export", str(run)]):
+        assert cli.main(command) == 1
+        assert _error_line(capsys) == (f"tfp-coupling: error: run {run} is unfinished (no "
+                                       f"metrics.json); complete it with tfp-coupling train "
+                                       f"--resume {run}")
+    # A run whose model.keras is lost is finished by --resume, not sent round in circles.
+    assert cli.main(["train", "--resume", str(run), "--quiet"]) == 0
+    (run / "model.keras").unlink()
+    assert cli.main(["evaluate", str(run)]) == 1
+    assert "is unfinished (no model.keras)" in _error_line(capsys)
+    assert cli.main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert cli.main(["evaluate", str(run)]) == 0
+
+
+def test_a_failed_start_leaves_no_run_folder(tmp_path, capsys):
+    args = ["--lr", "1e30", "--clipnorm", "0", "--schedule", "constant", "--epochs", "2"]
+    assert _train(tmp_path, "d", *args) == 1
+    assert "non-finite loss" in _error_line(capsys)
+    assert not (tmp_path / "d").exists()  # so that a retry with the same --name starts afresh
+    assert _train(tmp_path, "d", "--epochs", "1") == 0

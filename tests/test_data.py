@@ -270,3 +270,95 @@ def test_dataset_info_json_round_trip():
     back = data.DatasetInfo.from_json(info.to_json())
     assert back.event_shape == info.event_shape and back.kind == info.kind
     np.testing.assert_array_equal(back.to_model_units(x), x)
+
+
+# ------------------------------------------------------------------------------------------
+# tables: numbers that must not be silently wrong
+
+
+def _timestamp_table(tmp_path, n: int = 400) -> Path:
+    rng = np.random.default_rng(0)
+    x = np.stack([1.7e9 + rng.normal(0.0, 100.0, n), rng.normal(size=n),
+                  rng.integers(0, 5, n).astype(float)], axis=1)
+    np.save(tmp_path / "stamps.npy", x)
+    return tmp_path / "stamps.npy"
+
+
+def test_a_large_offset_column_keeps_its_resolution(tmp_path):
+    path = _timestamp_table(tmp_path)
+    x, info = data.load(str(path), "train", with_info=True)
+    # Reloading with the saved statistics (as resume and evaluate do) gives the same values,
+    # not values rounded through float32 data units (spacing 128 at 1.7e9).
+    again = data.load(str(path), "train", standardization=info)
+    np.testing.assert_allclose(again, x, atol=1e-6)
+    assert len(np.unique(again[:, 0])) == len(x)
+    back = info.to_data_units(x)
+    assert back.dtype == np.float64 and len(np.unique(back[:, 0])) == len(x)
+    raw = np.load(path)
+    order = np.random.default_rng(0).permutation(len(raw))  # load's split of the rows
+    np.testing.assert_allclose(back, raw[order[:len(x)]], rtol=0, atol=1e-3)
+    small = data.load("two_moons", "test", with_info=True)[1]
+    assert small.to_data_units(np.zeros((1, 2))).dtype == np.float32  # ordinary data: float32
+
+
+def test_integer_columns_are_recorded(tmp_path):
+    info = data.load(str(_timestamp_table(tmp_path)), with_info=True)[1]
+    assert info.integer_columns == (2,)
+    assert data.DatasetInfo.from_json(info.to_json()).integer_columns == (2,)
+
+
+def test_a_column_constant_up_to_rounding_error_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    x = np.stack([rng.normal(size=50), np.where(rng.random(50) < 0.5, 0.1 + 0.2, 0.3)], axis=1)
+    assert 0 < x[:, 1].std() < 1e-16  # 0.30000000000000004 and 0.3
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(ValueError, match=r"column\(s\) 2 are constant in the training split "
+                                         r"\(up to rounding error\)"):
+        data.load(str(tmp_path / "x.npy"))
+
+
+def test_values_beyond_float32_in_model_units_are_named(tmp_path):
+    np.savetxt(tmp_path / "big.csv", np.full((20, 2), 1e39), delimiter=",")
+    unit = data.load("two_moons", with_info=True)[1]  # shift 0, scale 1
+    with pytest.raises(ValueError, match=r"value 1e\+39 \(train split, column 1\) is beyond "
+                                         r"float32's range"):
+        data.load(str(tmp_path / "big.csv"), standardization=unit)
+
+
+def test_a_folder_is_not_a_missing_file(tmp_path):
+    (tmp_path / "d.csv").mkdir()
+    with pytest.raises(ValueError, match=r"d\.csv is a folder; give the path of a \.npy or "
+                                         r"\.csv file"):
+        data.load(str(tmp_path / "d.csv"))
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"garbage, not gzip", r"BadGzipFile: Not a gzipped file"),
+    (gzip.compress(np.random.default_rng(0).bytes(4000))[:2000],
+     r"EOFError: Compressed file ended"),
+])
+def test_broken_gzip_files_name_the_file(tmp_path, content, reason):
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(content)
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte\.gz: not a complete gzip file "
+                                         rf"\({reason}.*\); download it again"):
+        data.load("mnist", data_dir=tmp_path)
+
+
+def test_a_broken_tensorflow_datasets_is_not_called_missing(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def broken(name, *args, **kwargs):
+        if name == "tensorflow_datasets":
+            raise ModuleNotFoundError("No module named 'importlib_resources'",
+                                      name="importlib_resources")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setattr(builtins, "__import__", broken)
+    with pytest.raises(ValueError, match=r"tensorflow-datasets is installed but does not import "
+                                         r"\(ModuleNotFoundError: No module named "
+                                         r"'importlib_resources'\); repair it, e\.g\. pip install "
+                                         r"importlib_resources"):
+        data.load("mnist")

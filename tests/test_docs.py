@@ -57,3 +57,15 @@ def test_readme_plain_tfp_example_runs():
     assert log_p.shape == (8,) and np.isfinite(log_p).all()
     np.testing.assert_allclose(flow.inverse(flow.forward(x)).numpy(), x.numpy(), atol=1e-5)
     assert out.getvalue().strip(), "the example prints log_prob and the ildj"
+
+
+@pytest.mark.parametrize("path", sorted((README.parent / "examples").glob("*.py")),
+                         ids=lambda p: p.name)
+def test_example_docstrings_name_only_options_that_exist(path):
+    import ast
+
+    source = path.read_text(encoding="utf-8")
+    doc = ast.get_docstring(ast.parse(source)) or ""
+    named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", doc))
+    defined = set(re.findall(r"add_argument\(\s*\"(--[a-z][a-z0-9-]*)\"", source))
+    assert named <= defined, f"{path.name} names options it does not define: {named - defined}"

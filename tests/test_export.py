@@ -202,7 +202,7 @@ def test_export_replaces_atomically_and_a_failed_export_keeps_the_old_one(
     shutil.copytree(exported, path)  # an earlier export (of moons_flow)
     other = tc.nice_flow(event_shape=[2], num_couplings=2, hidden_units=[8])
     _perturb(other, seed=5, scale=0.1)
-    other.export(path)  # replaces it
+    other.export(path, overwrite=True)  # replaces it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flow"]
     x = tc.data.two_moons(8, seed=1)
     loaded = tf.saved_model.load(str(path))  # keep a reference: it owns the variables
@@ -215,7 +215,7 @@ def test_export_replaces_atomically_and_a_failed_export_keeps_the_old_one(
 
     monkeypatch.setattr(tf.saved_model, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        moons_flow.export(path)
+        moons_flow.export(path, overwrite=True)
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flow"]  # no temporary folder left
     loaded = tf.saved_model.load(str(path))
@@ -229,3 +229,54 @@ def test_export_rejects_other_formats(tmp_path):
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(FileExistsError, match="is a file"):
         model.export(tmp_path / "file")
+
+
+def test_export_never_deletes_what_it_did_not_write(moons_flow, exported, tmp_path):
+    from tfp_coupling import atomic
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match="not a SavedModel, which the export would "
+                                                  "delete"):
+            moons_flow.export(mine, overwrite=overwrite)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    earlier = tmp_path / "earlier"
+    shutil.copytree(exported, earlier)
+    with pytest.raises(FileExistsError, match="a SavedModel is already there; pass "
+                                              "overwrite=True"):
+        moons_flow.export(earlier)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    moons_flow.export(empty)  # an empty folder holds nothing to lose
+    assert (empty / "saved_model.pb").is_file()
+    assert (empty.stat().st_mode & 0o777) == atomic.default_folder_mode()  # not mkdtemp's 0700
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["earlier", "empty", "mine"]
+
+
+def test_saved_model_endpoints_check_their_inputs(exported):
+    from tfp_coupling.export import MAX_SAMPLE_VALUES
+
+    loaded = tf.saved_model.load(str(exported))
+    nan = np.array([[0.0, np.nan]], np.float32)
+    limit = MAX_SAMPLE_VALUES // 2
+    bad_calls = [
+        (lambda: loaded.sample(-1), "sample: n must be >= 0"),
+        (lambda: loaded.signatures["sample"](n=tf.constant(-3)), "sample: n must be >= 0"),
+        (lambda: loaded.sample(limit + 1), f"sample: n must be <= {limit}"),
+        (lambda: loaded.sample(2, 0.0), "temperature must be a finite number > 0"),
+        (lambda: loaded.sample(2, -1.0, 3), "temperature must be a finite number > 0"),
+        (lambda: loaded.sample_with_options(2, float("nan"), 3),
+         "temperature must be a finite number > 0"),
+        (lambda: loaded.log_prob(nan), "log_prob: input x contains NaN or Inf"),
+        (lambda: loaded.signatures["log_prob"](x=tf.constant(nan)),
+         "log_prob: input x contains NaN or Inf"),
+        (lambda: loaded.inverse(nan), "inverse: input x contains NaN or Inf"),
+        (lambda: loaded.forward(nan), "forward: input z contains NaN or Inf"),
+    ]
+    for call, message in bad_calls:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            call()
+    assert loaded.sample(0).shape == (0, 2)  # the edges are fine
+    assert np.isfinite(loaded.sample(3, 1e-3, 1).numpy()).all()

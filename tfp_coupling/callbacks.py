@@ -4,7 +4,9 @@
 ``TerminateOnNaN``) is already there. To resume an interrupted run, Keras's own
 ``keras.callbacks.BackupAndRestore(backup_dir)`` works with ``FlowModel`` as is: it restores the
 weights, the optimizer state and the epoch counter, and a rerun of the same ``fit`` call
-continues where the last completed epoch left off.
+continues where the last completed epoch left off. It writes its file in place, though: for
+checkpoints that a kill during the write cannot tear, use
+:class:`tfp_coupling.checkpoint.AtomicCheckpoint` the same way.
 
 Example:
     >>> import tempfile, keras, numpy as np, tfp_coupling as tc
@@ -22,10 +24,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import keras
+
+from tfp_coupling.atomic import write_text, write_with
 
 __all__ = ["BestWeightsCheckpoint", "NonFiniteLossError", "StopOnNonFiniteLoss"]
 
@@ -182,27 +185,7 @@ class BestWeightsCheckpoint(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def _save(self) -> None:
-        folder = self.path.parent
-        fd, tmp = tempfile.mkstemp(prefix=".best.", suffix=".weights.h5", dir=folder)
-        os.close(fd)
-        try:
-            self.model.save_weights(tmp, overwrite=True)
-            _fsync(tmp)
-            os.replace(tmp, self.path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-        state = json.dumps({"epoch": self.best_epoch, "value": self.best_value})
-        fd, tmp = tempfile.mkstemp(prefix=".best.", suffix=".json", dir=folder)
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(state)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.state_path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-
-
-def _fsync(path: str) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
+        write_with(self.path, lambda tmp: self.model.save_weights(tmp, overwrite=True),
+                   suffix=".weights.h5")
+        write_text(self.state_path, json.dumps({"epoch": self.best_epoch,
+                                                "value": self.best_value}))

@@ -11,10 +11,13 @@ Usage (``python -m tfp_coupling`` works the same)::
     tfp-coupling export runs/pinwheel-nice --out /tmp/pinwheel_flow
 
 A run folder holds ``config.json`` (written first: everything needed to rebuild the model and
-the data), ``checkpoints/`` (Keras ``BackupAndRestore`` state: weights, optimizer, epoch; and
-the per-epoch history), ``model.keras``, ``saved_model/``, PNG plots, and ``metrics.json``,
-written last and atomically: a folder without ``metrics.json`` is an unfinished run (resume it
-with ``--resume``).
+the data), ``checkpoints/`` (:class:`~tfp_coupling.checkpoint.AtomicCheckpoint` state: weights,
+optimizer, epoch; and the per-epoch history), ``model.keras``, ``saved_model/``, PNG plots, and
+``metrics.json``, written last and atomically: a folder without ``metrics.json`` is an
+unfinished run (resume it with ``--resume``).
+
+Nothing the user owns is replaced without ``--overwrite``: ``export --out`` and ``sample --out``
+refuse existing outputs (``export`` replaces only an earlier SavedModel, and never other files).
 
 Units: the model sees data in *model units* ``x_model = (x - shift) / scale`` (tables are
 standardised with the training split's statistics, flattened images divided by 256). Every NLL
@@ -22,8 +25,10 @@ the CLI reports is in the data's own units, ``nll_data = nll_model + sum(log sca
 ``metrics.json`` records ``shift``, ``scale`` and that correction. The SavedModel works in model
 units.
 
-Errors in the input (unknown dataset, missing file, NaN in a table, unwritable output folder)
-print one line ``tfp-coupling: error: ...`` on stderr and exit with status 1.
+Errors (unknown dataset, missing file, NaN in a table, unwritable output folder, a diverging
+run, a full disk) print one line ``tfp-coupling: error: ...`` on stderr and exit with status 1;
+usage errors exit with status 2. TensorFlow is imported only once the options are checked, and
+without its start-up log lines.
 """
 
 from __future__ import annotations
@@ -92,35 +97,20 @@ def _vector_models() -> dict[str, str]:
 
 @functools.lru_cache(maxsize=1)
 def _image_models() -> dict[str, str]:
-    """Image builders present in this installation (``--model realnvp-image`` etc)."""
-    import importlib
+    """Image builders present in this installation (``--model realnvp-image`` etc).
 
-    try:
-        importlib.import_module("tfp_coupling.image_flows")
-    except ImportError:
-        pass
-    import tfp_coupling as tc
-    from tfp_coupling import flows
+    Found without importing them (that would import TensorFlow before the options are checked).
+    """
+    import importlib.util
 
-    found = {}
-    for choice, attr in (("realnvp-image", "realnvp_image_flow"),
-                         ("nice-image", "nice_image_flow")):
-        if hasattr(tc, attr) or _has_builder(flows, attr):
-            found[choice] = attr
-    return found
-
-
-def _has_builder(flows, name: str) -> bool:
-    try:
-        flows.get_builder(name)
-        return True
-    except ValueError:
-        return False
+    if importlib.util.find_spec("tfp_coupling.image_flows") is None:
+        return {}
+    return {"realnvp-image": "realnvp_image_flow", "nice-image": "nice_image_flow"}
 
 
 def _build_model(config: dict):
     """The FlowModel described by a run's ``config`` (called under the run's dtype policy)."""
-    from tfp_coupling import flows
+    from tfp_coupling import flows, image_flows  # noqa: F401  (registers the image builders)
 
     hidden = config["hidden_units"]
     couplings = config["couplings"]
@@ -149,18 +139,10 @@ def _file_mode() -> int:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` via a temporary file in the same folder and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, _file_mode())
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Writes ``text`` to ``path`` via a temporary file in the same folder, fsync and a rename."""
+    from tfp_coupling import atomic
+
+    atomic.write_text(path, text)
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -177,14 +159,18 @@ def _read_json(path: Path) -> Any:
 
 
 def _parse_hidden(text: str) -> list[int]:
-    try:
-        units = [int(u) for u in str(text).split(",") if u.strip()]
-    except ValueError:
-        units = []
+    parts = [u.strip() for u in str(text).split(",")]
+    # Every part must be a number: "8,,8" is a typo, not [8, 8].
+    units = [int(u) for u in parts] if all(u.isdigit() for u in parts) else []
     if not units or any(u < 1 for u in units):
         raise CLIError(f"--hidden must be comma-separated positive integers like 64,64; got "
                        f"{text!r}")
     return units
+
+
+def _is_complete(run: Path) -> bool:
+    """A run is complete once ``metrics.json`` (written last) and ``model.keras`` both exist."""
+    return (run / "metrics.json").is_file() and (run / "model.keras").is_file()
 
 
 def _run_dir(path: str | Path) -> Path:
@@ -197,7 +183,10 @@ def _run_dir(path: str | Path) -> Path:
 
 
 def _set_quiet_tf() -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    """Imports TensorFlow without its start-up log lines (users read an error's first line)."""
+    from tfp_coupling.errors import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,7 +207,7 @@ def _load_run_data(config: dict, split: str, dataset: str | None = None,
     raw_pixels = config["model"] in _image_models()
     x, info = data.load(name, split, seed=config["seed"], data_dir=data_dir,
                         normalize=not raw_pixels, with_info=True,
-                        standardization=saved if saved.kind == "tabular" else None)
+                        standardization=saved if saved.kind != "image" else None)
     expected = tuple(config["image_shape"] or ()) if raw_pixels else (config["event_size"],)
     if not raw_pixels:
         x = x.reshape(len(x), -1)
@@ -296,8 +285,6 @@ def _prepare_out(out: Path) -> None:
 
 
 def _new_config(args: argparse.Namespace) -> dict:
-    import keras
-
     if args.model not in (*_vector_models(), *_image_models()):
         raise CLIError(f"unknown model {args.model!r}; choose from "
                        f"{', '.join([*_vector_models(), *_image_models()])}")
@@ -332,7 +319,7 @@ def _new_config(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "jit": bool(args.jit),
         "mixed_precision": args.mixed_precision,
-        "versions": {"tfp_coupling": _version(), "keras": keras.__version__},
+        "versions": {"tfp_coupling": _version(), "keras": _keras_version()},
     }
 
 
@@ -340,6 +327,13 @@ def _check_patience(patience: int | None) -> None:
     if patience is not None and patience < 1:
         raise CLIError(f"--patience must be >= 1 (epochs without a better validation NLL), got "
                        f"{patience}")
+
+
+def _keras_version() -> str:
+    """Keras' version, read from its package metadata (importing Keras imports TensorFlow)."""
+    import importlib.metadata
+
+    return importlib.metadata.version("keras")
 
 
 def _version() -> str:
@@ -353,6 +347,77 @@ def _unique_name(out: Path, base: str) -> str:
     while (out / name).exists():
         name, i = f"{base}-{i}", i + 1
     return name
+
+
+def _create_run_folder(run: Path, config: dict) -> None:
+    """Creates ``run`` holding ``config.json`` and ``checkpoints/``, all at once.
+
+    The folder is assembled under a temporary name beside ``run`` and renamed into place, so an
+    interruption never leaves a run folder without its ``config.json`` (which ``--resume`` and
+    every other command need).
+    """
+    import shutil
+
+    from tfp_coupling import atomic
+
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{run.name}{atomic.TEMP_MARKER}", dir=run.parent))
+    except OSError as e:
+        raise CLIError(f"cannot create run folder {run}: {e.strerror or e}") from None
+    try:
+        os.chmod(tmp, atomic.default_folder_mode())
+        (tmp / "checkpoints").mkdir()
+        _write_json(tmp / "config.json", config)
+        atomic.fsync_tree(tmp)
+        os.rename(tmp, run)  # fails if a run of that name appeared meanwhile
+        atomic.fsync_folder(run.parent)
+    except OSError as e:
+        raise CLIError(f"cannot create run folder {run}: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_stale_temporaries(run: Path) -> None:
+    """Deletes what a killed earlier attempt left half-written in the run folder.
+
+    (Temporary exports, models and plots: each is renamed into place only when complete, so a
+    leftover is never the only copy of anything.)
+    """
+    from tfp_coupling import atomic
+
+    atomic.remove_stale_temporaries(run, also=(".model.*.keras",))
+
+
+def _remove_failed_start(run: Path) -> None:
+    """Deletes the run folder this command created if it failed before any epoch was saved.
+
+    So that a retry with the same ``--name`` (after fixing the data or the learning rate)
+    starts afresh instead of being told to ``--resume`` a run with nothing to resume.
+    """
+    import shutil
+
+    from tfp_coupling.checkpoint import AtomicCheckpoint, CheckpointError
+
+    try:
+        if AtomicCheckpoint.completed_epochs(run / "checkpoints") > 0:
+            return
+    except CheckpointError:
+        return
+    shutil.rmtree(run, ignore_errors=True)
+
+
+def _check_vectors(info, dataset: str, raw_pixels: bool) -> None:
+    """Refuses data a coupling flow cannot model; notes integer-valued table columns."""
+    if not raw_pixels and info.event_size < 2:
+        raise CLIError(f"{dataset}: examples have {info.event_size} value(s); a coupling flow "
+                       f"needs at least 2 (it transforms one part of each example given the "
+                       f"other)")
+    if info.integer_columns:
+        columns = ", ".join(str(c + 1) for c in info.integer_columns)
+        print(f"tfp-coupling: note: column(s) {columns} of {dataset} hold whole numbers only; "
+              f"the flow treats them as continuous, so its NLL is a density there, not the "
+              f"probability of the integers (dequantise: add uniform noise in [0, 1) to those "
+              f"columns in the file)", file=sys.stderr)
 
 
 def _dataset_label(dataset: str) -> str:
@@ -390,7 +455,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise CLIError(f"--resume continues {run} with its saved settings; it cannot change "
                            f"{', '.join('--' + k.replace('_', '-') for k in changed)} "
                            f"(start a new run instead)")
-        if (run / "metrics.json").is_file():
+        if _is_complete(run):
             if "epochs" not in given or args.epochs <= config["epochs"]:
                 raise CLIError(f"run {run} is already complete ({config['epochs']} epochs); "
                                f"pass --epochs N > {config['epochs']} to train it further")
@@ -405,6 +470,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         x_val, _ = _load_run_data(config, "validation")
         x_test, _ = _load_run_data(config, "test")
         (run / "metrics.json").unlink(missing_ok=True)  # no longer complete while training
+        _remove_stale_temporaries(run)
         _write_json(run / "config.json", config)
     else:
         config = _new_config(args)
@@ -418,6 +484,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if info.kind != "image" and raw_pixels:
             raise CLIError(f"--model {args.model} needs an image dataset; {args.dataset!r} "
                            f"holds vectors of shape {list(info.event_shape)}")
+        _check_vectors(info, args.dataset, raw_pixels)
         if info.kind == "tabular":
             config["dataset"] = info.name  # the resolved path: resume/evaluate from anywhere
             config.update({k: v for k, v in TABLE_DEFAULTS.items() if k not in given})
@@ -432,18 +499,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise CLIError(f"--name must be a plain folder name, got {name!r}")
         run = out / name
         if run.exists():
-            state = "complete" if (run / "metrics.json").is_file() else "unfinished"
+            state = "complete" if _is_complete(run) else "unfinished"
             raise CLIError(f"run folder {run} already exists ({state}); choose another --name "
                            f"or continue it with --resume {run}")
         x_train, _ = _load_run_data(config, "train")
         x_val, _ = _load_run_data(config, "validation")
         x_test, _ = _load_run_data(config, "test")
-        try:
-            run.mkdir()
-            (run / "checkpoints").mkdir()
-        except OSError as e:
-            raise CLIError(f"cannot create run folder {run}: {e.strerror or e}") from None
-        _write_json(run / "config.json", config)
+        _create_run_folder(run, config)
 
     _set_quiet_tf()
     import keras
@@ -453,6 +515,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if config["mixed_precision"]:
             keras.mixed_precision.set_global_policy(config["mixed_precision"])
         metrics = _train(run, config, info, x_train, x_val, x_test, verbose=0 if args.quiet else 1)
+    except Exception:
+        if args.resume is None:
+            _remove_failed_start(run)
+        raise
     finally:
         keras.mixed_precision.set_global_policy(policy_before)
     metrics["wall_time_s"] = time.perf_counter() - start_wall
@@ -471,6 +537,7 @@ def _train(run: Path, config: dict, info, x_train, x_val, x_test, verbose: int) 
     import numpy as np
 
     from tfp_coupling.callbacks import BestWeightsCheckpoint
+    from tfp_coupling.checkpoint import AtomicCheckpoint, adopt_keras_backup
 
     raw_pixels = config["model"] in _image_models()
     keras.utils.set_random_seed(config["seed"])
@@ -494,8 +561,8 @@ def _train(run: Path, config: dict, info, x_train, x_val, x_test, verbose: int) 
     ckpt.mkdir(exist_ok=True)
     history_path = ckpt / "history.json"
     history = _read_json(history_path) if history_path.is_file() else []
-    meta = ckpt / "backup" / "training_metadata.json"
-    done = _read_json(meta)["epoch"] if meta.is_file() else 0
+    adopt_keras_backup(ckpt, ckpt / "backup")  # run folders of earlier versions
+    done = AtomicCheckpoint.completed_epochs(ckpt)
     history = [h for h in history if h["epoch"] <= done]  # drop epochs not in the checkpoint
 
     if done == 0 and config["model"] == "nice":
@@ -508,8 +575,7 @@ def _train(run: Path, config: dict, info, x_train, x_val, x_test, verbose: int) 
     callbacks = [  # the best weights are written before the backup that marks the epoch done
         _history_callback(history_path, history, correction),
         best,
-        keras.callbacks.BackupAndRestore(str(ckpt / "backup"), double_checkpoint=True,
-                                         delete_checkpoint=False),
+        AtomicCheckpoint(ckpt),
     ]
     train_ds = _train_dataset(x_train, info, config["batch_size"], config["seed"], raw_pixels)
     model.fit(train_ds, epochs=config["epochs"], validation_data=(val,), shuffle=False,
@@ -522,7 +588,7 @@ def _train(run: Path, config: dict, info, x_train, x_val, x_test, verbose: int) 
     _save_model(model, run / "model.keras")
     from tfp_coupling.export import export_flow
 
-    export_flow(model, run / "saved_model")
+    export_flow(model, run / "saved_model", overwrite=True)  # the run's own, from an earlier try
     plots = _plot_run(run, model, config, info, x_test, history)
     train_nll = [h["train_nll"] for h in history]
     val_hist = [h["val_nll"] for h in history]
@@ -637,17 +703,26 @@ def _plot_run(run: Path, model, config: dict, info, x_test, history, n: int = 20
 
 
 def _load_run_model(run: Path):
+    path = run / "model.keras"
+    if not _is_complete(run):
+        # model.keras may be an earlier model: an interrupted `--resume --epochs N` keeps it
+        # until the new one is saved, so only metrics.json (written last) marks it current.
+        missing = "model.keras" if (run / "metrics.json").is_file() else "metrics.json"
+        raise CLIError(f"run {run} is unfinished (no {missing}); complete it with "
+                       f"tfp-coupling train --resume {run}")
     _set_quiet_tf()
     import keras
 
-    import tfp_coupling  # noqa: F401  (registers the builders and custom objects)
+    import tfp_coupling
 
-    _image_models()
-    path = run / "model.keras"
-    if not path.is_file():
-        raise CLIError(f"{run} has no model.keras: the run is unfinished; complete it with "
-                       f"tfp-coupling train --resume {run}")
-    return keras.models.load_model(path, compile=False)
+    tfp_coupling.load_all()  # registers the builders and custom objects
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as e:  # zipfile, h5py and Keras raise many kinds for a damaged file
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:160]
+        raise CLIError(f"cannot load {path}: the file is damaged or not a Keras model "
+                       f"({reason}); recreate it with tfp-coupling train --resume {run} after "
+                       f"deleting it") from None
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -676,14 +751,19 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     run = _run_dir(args.run)
     if args.n < 1:
         raise CLIError(f"-n must be >= 1, got {args.n}")
-    if not args.temperature > 0:
-        raise CLIError(f"--temperature must be > 0, got {args.temperature}")
+    if not (args.temperature > 0 and math.isfinite(args.temperature)):
+        raise CLIError(f"--temperature must be a finite number > 0, got {args.temperature}")
     config = _read_json(run / "config.json")
     out = Path(args.out) if args.out else run / "samples.npy"
     if out.suffix != ".npy":
         raise CLIError(f"--out must end in .npy, got {out}")
     if not out.parent.is_dir():
         raise CLIError(f"output folder not found: {out.parent}")
+    if args.out and not args.overwrite:  # RUN/samples.* are the run's own, refreshed freely
+        existing = [p for p in (out, out.with_suffix(".png")) if p.exists()]
+        if existing:
+            raise CLIError(f"{existing[0]} already exists; pass --overwrite to replace "
+                           f"{' and '.join(str(p) for p in existing)}")
     model = _load_run_model(run)
     from tfp_coupling.data import DatasetInfo
 
@@ -713,17 +793,36 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     run = _run_dir(args.run)
+    # RUN/saved_model is the run's own export (train writes it): refreshing it loses nothing.
     out = Path(args.out) if args.out else run / "saved_model"
+    overwrite = args.overwrite or not args.out
+    _check_export_out(out, overwrite)  # before loading TensorFlow and the model
     model = _load_run_model(run)
     from tfp_coupling.export import export_flow
 
     try:
-        export_flow(model, out)
+        export_flow(model, out, overwrite=overwrite)
+    except FileExistsError:
+        _check_export_out(out, overwrite)  # the folder changed meanwhile: say how
+        raise
     except OSError as e:
         raise CLIError(f"cannot export to {out}: {e.strerror or e}") from None
     print(f"wrote SavedModel to {out} (signatures log_prob, sample, sample_with_options, "
           f"forward, inverse; inputs in model units, see {run / 'metrics.json'})")
     return 0
+
+
+def _check_export_out(out: Path, overwrite: bool) -> None:
+    """Refuses an ``--out`` whose contents the export would delete (see ``--overwrite``)."""
+    if out.is_file():
+        raise CLIError(f"--out {out} is a file; give a folder for the SavedModel")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not (out / "saved_model.pb").is_file():
+        raise CLIError(f"--out {out} is a folder holding other files (not a SavedModel); "
+                       f"exporting there would delete them: choose a new or empty folder")
+    if not overwrite:
+        raise CLIError(f"--out {out} already holds a SavedModel; pass --overwrite to replace it")
 
 
 # --------------------------------------------------------------------------------------------
@@ -805,28 +904,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-n", type=int, default=1000, help="number of samples (default 1000)")
     s.add_argument("--temperature", type=float, default=1.0, help="scale of the base noise")
     s.add_argument("--seed", type=int, default=0, help="sampling seed")
-    s.add_argument("--out", help="output .npy (default RUN/samples.npy)")
+    s.add_argument("--out", help="output .npy (default RUN/samples.npy); the picture goes "
+                                 "beside it as .png")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out .npy and its .png")
     s.set_defaults(func=_cmd_sample)
 
     x = sub.add_parser("export", help="write a run's model as a TensorFlow SavedModel",
                        description="Export log_prob, sample, forward and inverse signatures "
                                    "(model units) with keras.export.ExportArchive.")
     x.add_argument("run", help="run folder")
-    x.add_argument("--out", help="SavedModel folder (default RUN/saved_model)")
+    x.add_argument("--out", help="SavedModel folder (default RUN/saved_model); a new or empty "
+                                 "folder, or an earlier SavedModel with --overwrite")
+    x.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier SavedModel at --out (nothing else is ever replaced)")
     x.set_defaults(func=_cmd_export)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the command line; returns the exit status (0 ok, 1 error, 2 usage)."""
+    """Runs the command line; returns the exit status (0 ok, 1 error, 2 usage).
+
+    Every failure is reported as one line ``tfp-coupling: error: ...`` on stderr, never a
+    traceback (set ``TFP_COUPLING_TRACEBACK=1`` to see one).
+    """
+    from tfp_coupling.errors import one_line_message, quiet_tensorflow_startup
+
+    quiet_tensorflow_startup()  # before anything imports TensorFlow
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (CLIError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
-            FileExistsError, ImportError) as e:
-        message = " ".join(str(e).split()) or type(e).__name__
-        print(f"tfp-coupling: error: {message}", file=sys.stderr)
+    except Exception as e:
+        if os.environ.get("TFP_COUPLING_TRACEBACK"):
+            raise
+        print(f"tfp-coupling: error: {one_line_message(e, expected=(CLIError,))}",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("tfp-coupling: interrupted (an unfinished run can be continued with --resume)",

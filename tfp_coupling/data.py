@@ -44,6 +44,7 @@ from __future__ import annotations
 import gzip
 import math
 import os
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,11 @@ __all__ = [
 ]
 
 SPLITS = ("train", "validation", "test")
+# float32 keeps ~7 digits: a column whose mean exceeds 1000 standard deviations would keep a
+# resolution coarser than 1e-4 standard deviations in data units.
+_FLOAT32_OFFSET_LIMIT = 1e3
+# A column whose spread is below this fraction of its magnitude varies by rounding error only.
+_CONSTANT_RELATIVE_STD = 1e-10
 TOY_SIZES = {"train": 8000, "validation": 2000, "test": 2000}
 IMAGE_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 IDX_DATASETS = ("mnist", "fashion_mnist")
@@ -93,8 +99,14 @@ def read_idx(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:  # garbage or a cut-off download
+        kind = "gzip" if path.suffix == ".gz" else "IDX"
+        reason = " ".join(f"{type(e).__name__}: {e}".split()) if str(e) else type(e).__name__
+        raise ValueError(f"{path}: not a complete {kind} file ({reason}); download it "
+                         f"again") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise ValueError(f"{path}: not an IDX file (bad magic number)")
     dtypes = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -348,6 +360,8 @@ class DatasetInfo:
         discrete: the data are integers (pixel values): dequantise for training and report
             bits per dimension.
         source: where the data came from (for messages and ``metrics.json``).
+        integer_columns: for tables, the (0-based) columns holding only whole numbers: a
+            continuous density of them is not a probability of the data (see the CLI's note).
 
     Example:
         >>> import numpy as np
@@ -365,6 +379,7 @@ class DatasetInfo:
     scale: np.ndarray = field(repr=False)
     discrete: bool = False
     source: str = ""
+    integer_columns: tuple[int, ...] = ()
 
     @property
     def event_size(self) -> int:
@@ -385,12 +400,30 @@ class DatasetInfo:
         return float(1.0 / np.asarray(self.scale, np.float64).max())
 
     def to_model_units(self, x_data) -> np.ndarray:
-        """``(x_data - shift) / scale`` as float32."""
-        return ((np.asarray(x_data, np.float64) - self.shift) / self.scale).astype(np.float32)
+        """``(x_data - shift) / scale`` as float32 (beyond float32's range: Inf, see load)."""
+        with np.errstate(over="ignore"):
+            return ((np.asarray(x_data, np.float64) - self.shift) / self.scale).astype(np.float32)
+
+    @property
+    def data_dtype(self) -> np.dtype:
+        """float32, or float64 where float32 would round the data's values coarsely.
+
+        A column far from zero compared with its spread (timestamps ``1.7e9 +- 100``) keeps only
+        a few distinct float32 values (their spacing there is 128), and values beyond float32's
+        range (``3.4e38``) overflow; such data stay float64 in data units.
+        """
+        shift = np.abs(np.asarray(self.shift, np.float64))
+        scale = np.abs(np.asarray(self.scale, np.float64))
+        coarse = np.any(shift > _FLOAT32_OFFSET_LIMIT * scale)
+        huge = np.any(shift + 100 * scale > np.finfo(np.float32).max)
+        return np.dtype(np.float64 if coarse or huge else np.float32)
 
     def to_data_units(self, x_model) -> np.ndarray:
-        """``x_model * scale + shift`` (e.g. samples back to the data's units), float32."""
-        return (np.asarray(x_model, np.float64) * self.scale + self.shift).astype(np.float32)
+        """``x_model * scale + shift`` (e.g. samples back to the data's units).
+
+        float32, or float64 for data that float32 cannot hold finely (:attr:`data_dtype`).
+        """
+        return (np.asarray(x_model, np.float64) * self.scale + self.shift).astype(self.data_dtype)
 
     def log_prob_to_data_units(self, log_prob_model):
         """``log p_model + log_det_correction`` (works on numbers, arrays and tensors)."""
@@ -414,14 +447,16 @@ class DatasetInfo:
         return {"name": self.name, "kind": self.kind, "event_shape": list(self.event_shape),
                 "sizes": dict(self.sizes), "shift": np.asarray(self.shift).tolist(),
                 "scale": np.asarray(self.scale).tolist(), "discrete": self.discrete,
-                "source": self.source, "log_det_correction": self.log_det_correction}
+                "source": self.source, "log_det_correction": self.log_det_correction,
+                "integer_columns": list(self.integer_columns)}
 
     @classmethod
     def from_json(cls, d: dict) -> DatasetInfo:
         """Inverse of :meth:`to_json`."""
         return cls(d["name"], d["kind"], tuple(d["event_shape"]), dict(d["sizes"]),
                    np.asarray(d["shift"], np.float64), np.asarray(d["scale"], np.float64),
-                   bool(d["discrete"]), d.get("source", ""))
+                   bool(d["discrete"]), d.get("source", ""),
+                   tuple(d.get("integer_columns", ())))
 
 
 # --------------------------------------------------------------------------------------------
@@ -478,7 +513,15 @@ def load(
     if key in TOY_2D:
         splits, info = _load_toy(key, seed)
     elif key.lower().endswith((".npy", ".csv")):
-        splits, info = _load_table(Path(key).expanduser(), seed, normalize)
+        # Tables go to model units straight from float64 (below), never via float32 data units.
+        raw, info = _load_table(Path(key).expanduser(), seed,
+                                normalize and standardization is None)
+        if standardization is not None:
+            _check_standardization(key, info, standardization)
+            info = _with_standardization(info, standardization)
+            standardization = None
+        splits = {k: info.to_model_units(v) for k, v in raw.items()}
+        _check_float32_range(key, raw, splits)
     elif key in IMAGE_DATASETS:
         splits, info = _load_images(key, data_dir, normalize)
     else:
@@ -486,18 +529,41 @@ def load(
             f"unknown dataset {key!r}: choose from {', '.join(DATASETS)}, "
             f"or give the path of a .npy or .csv file")
     if standardization is not None:
-        if tuple(standardization.event_shape) != tuple(info.event_shape):
-            raise ValueError(f"{key}: examples have shape {list(info.event_shape)}, but the "
-                             f"standardisation is for shape {list(standardization.event_shape)}")
+        _check_standardization(key, info, standardization)
         raw = {k: info.to_data_units(v) for k, v in splits.items()}
-        info = DatasetInfo(info.name, info.kind, info.event_shape, info.sizes,
-                           standardization.shift, standardization.scale, info.discrete,
-                           info.source)
+        info = _with_standardization(info, standardization)
         splits = {k: info.to_model_units(v) for k, v in raw.items()}
     x = (np.concatenate([splits[s] for s in SPLITS]) if split == "all" else splits[split])
     if n is not None:
         x = x[:n]
     return (x, info) if with_info else x
+
+
+def _check_float32_range(key: str, raw: dict[str, np.ndarray],
+                         splits: dict[str, np.ndarray]) -> None:
+    """Finite data that overflow float32 (beyond 3.4e38) in model units are an error, by name.
+
+    (Without this they would reach the model as Inf and be reported as "NaN or Inf" data.)
+    """
+    for name, x in splits.items():
+        if not np.all(np.isfinite(x)):
+            row, col = np.argwhere(~np.isfinite(x))[0]
+            raise ValueError(
+                f"{key}: value {raw[name][row, col]:.6g} ({name} split, column {col + 1}) is "
+                f"beyond float32's range (3.4e38) in the model's units (float32 overflow); "
+                f"rescale that column")
+
+
+def _check_standardization(key: str, info: DatasetInfo, standardization: DatasetInfo) -> None:
+    if tuple(standardization.event_shape) != tuple(info.event_shape):
+        raise ValueError(f"{key}: examples have shape {list(info.event_shape)}, but the "
+                         f"standardisation is for shape {list(standardization.event_shape)}")
+
+
+def _with_standardization(info: DatasetInfo, standardization: DatasetInfo) -> DatasetInfo:
+    return DatasetInfo(info.name, info.kind, info.event_shape, info.sizes,
+                       standardization.shift, standardization.scale, info.discrete,
+                       info.source, info.integer_columns)
 
 
 def _load_toy(name: str, seed: int) -> tuple[dict[str, np.ndarray], DatasetInfo]:
@@ -513,6 +579,8 @@ def _load_toy(name: str, seed: int) -> tuple[dict[str, np.ndarray], DatasetInfo]
 
 
 def _read_table(path: Path) -> np.ndarray:
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give the path of a .npy or .csv file")
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     if path.suffix.lower() == ".npy":
@@ -567,6 +635,7 @@ def _is_header(line: str) -> bool:
 def _load_table(
     path: Path, seed: int, normalize: bool
 ) -> tuple[dict[str, np.ndarray], DatasetInfo]:
+    """The splits in data units (float64) and the info that standardises them."""
     x = _read_table(path)
     n = len(x)
     if n < 10:
@@ -580,17 +649,21 @@ def _load_table(
     if normalize:
         train = x[idx["train"]]
         shift, scale = train.mean(axis=0), train.std(axis=0)
-        constant = np.flatnonzero(scale == 0)
+        # A spread of rounding error only (std 1e-17 around 0.3) is constant too: dividing by it
+        # would blow the column up to a huge spike and the NLL to 1e13.
+        magnitude = np.abs(train).max(axis=0)
+        constant = np.flatnonzero((scale == 0) | (scale <= _CONSTANT_RELATIVE_STD * magnitude))
         if len(constant):
             raise ValueError(f"{path}: column(s) {', '.join(str(c + 1) for c in constant)} "
-                             f"are constant in the training split; drop them (a density "
-                             f"needs every column to vary)")
+                             f"are constant in the training split (up to rounding error); drop "
+                             f"them (a density needs every column to vary)")
     else:
         shift, scale = np.zeros(d), np.ones(d)
+    integer = tuple(int(c) for c in np.flatnonzero(np.all(x == np.round(x), axis=0)))
     info = DatasetInfo(str(path.resolve()), "tabular", (d,),
                        {k: len(v) for k, v in idx.items()}, shift, scale,
-                       source=f"file {path}")
-    return {k: info.to_model_units(x[v]) for k, v in idx.items()}, info
+                       source=f"file {path}", integer_columns=integer)
+    return {k: x[v] for k, v in idx.items()}, info
 
 
 def _find_idx(folder: Path, stem: str) -> Path | None:
@@ -669,7 +742,11 @@ def _load_images(
                    "(there is no offline reader for it)")
         try:
             raw = _tfds_load(name)
-        except ImportError:
+        except ImportError as e:
+            if e.name not in (None, "tensorflow_datasets"):  # installed, but broken
+                raise ValueError(f"cannot load {name!r}: tensorflow-datasets is installed but "
+                                 f"does not import ({type(e).__name__}: {e}); repair it, e.g. "
+                                 f"pip install {e.name.split('.')[0]}, {offline}") from None
             raise ValueError(f"cannot load {name!r}: tensorflow-datasets is not installed; "
                              f"pip install 'tfp-coupling[data]' (needs network the first "
                              f"time), {offline}") from None

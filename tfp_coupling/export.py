@@ -27,7 +27,9 @@ the same ``seed`` return what ``model.sample(n, temperature, seed)`` returns. ``
 is ``log_prob``. Each signature returns one tensor under the key ``output_0``.
 
 The archive is written to a temporary folder beside ``filepath`` and renamed into place only once
-complete, so a failed export leaves an earlier export at ``filepath`` intact.
+complete, so a failed export leaves an earlier export at ``filepath`` intact. An existing
+``filepath`` is never deleted unless asked: ``overwrite=True`` replaces an earlier SavedModel
+(a folder holding ``saved_model.pb``); any other non-empty folder is refused even then.
 
 Example:
     >>> import tempfile, numpy as np, tensorflow as tf, tfp_coupling as tc
@@ -54,19 +56,51 @@ from typing import TYPE_CHECKING
 import keras
 import tensorflow as tf
 
+from tfp_coupling import atomic
+
 if TYPE_CHECKING:
     from tfp_coupling.model import FlowModel
 
-__all__ = ["ENDPOINTS", "export_flow"]
+__all__ = ["ENDPOINTS", "MAX_SAMPLE_VALUES", "check_export_target", "export_flow"]
 
 ENDPOINTS = ("log_prob", "sample", "sample_with_options", "forward", "inverse")
+#: Most values one ``sample`` call may return (512 MiB of float32): a larger ``n`` is refused
+#: with a message rather than killed by the kernel for want of memory. Draw in batches.
+MAX_SAMPLE_VALUES = 2**27
+
+
+def _check(condition, message: str) -> tf.Operation:
+    """An assertion in the exported graph; it fails with ``message`` (InvalidArgumentError)."""
+    return tf.debugging.Assert(condition, [message])
+
+
+def _checked_input(x: tf.Tensor, endpoint: str, name: str) -> tf.Tensor:
+    """``x`` once it is known to be finite: NaN in gives an error, not NaN out."""
+    with tf.control_dependencies([_check(tf.reduce_all(tf.math.is_finite(x)),
+                                         f"{endpoint}: input {name} contains NaN or Inf")]):
+        return tf.identity(x)
 
 
 def _draw_base(model: FlowModel, n, temperature, seed) -> tf.Tensor:
-    """``T * z`` with ``z ~ N(0, I)`` of shape ``[n, *event]``, drawn as ``model.sample`` does."""
+    """``T * z`` with ``z ~ N(0, I)`` of shape ``[n, *event]``, drawn as ``model.sample`` does.
+
+    ``n`` must be in ``[0, MAX_SAMPLE_VALUES / event size]`` and the temperature finite and
+    positive; otherwise the call fails with a message saying so.
+    """
     dtype = model.flow_dtype
-    shape = tf.concat([tf.reshape(tf.cast(n, tf.int32), [1]),
-                       tf.constant(model.event_shape, tf.int32)], axis=0)
+    n = tf.cast(n, tf.int32)
+    temperature = tf.cast(temperature, dtype)
+    limit = MAX_SAMPLE_VALUES // model.event_size
+    checks = [
+        _check(n >= 0, "sample: n must be >= 0"),
+        _check(n <= limit, f"sample: n must be <= {limit} ({MAX_SAMPLE_VALUES} values per call); "
+                           f"draw more in batches"),
+        _check(tf.math.is_finite(temperature) & (temperature > 0),
+               "sample: temperature must be a finite number > 0"),
+    ]
+    with tf.control_dependencies(checks):
+        n = tf.identity(n)
+    shape = tf.concat([tf.reshape(n, [1]), tf.constant(model.event_shape, tf.int32)], axis=0)
     if isinstance(seed, int):  # a Python default: decided when tracing
         z = (tf.random.normal(shape, dtype=dtype) if seed < 0 else
              tf.random.stateless_normal(shape, seed=[seed, 0], dtype=dtype))
@@ -77,7 +111,7 @@ def _draw_base(model: FlowModel, n, temperature, seed) -> tf.Tensor:
             lambda: tf.random.stateless_normal(shape, seed=tf.stack([seed, 0]), dtype=dtype),
             lambda: tf.random.normal(shape, dtype=dtype),
         )
-    return z * tf.cast(temperature, dtype)
+    return z * temperature
 
 
 def _build_archive(model: FlowModel) -> keras.export.ExportArchive:
@@ -90,13 +124,13 @@ def _build_archive(model: FlowModel) -> keras.export.ExportArchive:
     s_spec = tf.TensorSpec([], tf.int32, name="seed")
 
     def log_prob(x):
-        return model.log_prob(x)
+        return model.log_prob(_checked_input(x, "log_prob", "x"))
 
     def forward(z):
-        return model.forward(z)
+        return model.forward(_checked_input(z, "forward", "z"))
 
     def inverse(x):
-        return model.inverse(x)
+        return model.inverse(_checked_input(x, "inverse", "x"))
 
     def sample(n, temperature=1.0, seed=-1):
         return model.forward(_draw_base(model, n, temperature, seed))
@@ -122,31 +156,62 @@ def _build_archive(model: FlowModel) -> keras.export.ExportArchive:
     return archive
 
 
-def export_flow(model: FlowModel, filepath: str | os.PathLike, verbose: bool = False) -> None:
+def _is_saved_model(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, "saved_model.pb"))
+
+
+def check_export_target(filepath: str | os.PathLike, overwrite: bool = False) -> None:
+    """Raises ``FileExistsError`` unless a SavedModel may be written at ``filepath``.
+
+    Allowed: a path that does not exist, an empty folder, or (with ``overwrite``) an earlier
+    SavedModel. A file, or a folder holding anything else (a run folder, a user's data), is
+    never replaced: the export would delete what it holds.
+    """
+    filepath = os.fspath(filepath)
+    if os.path.isfile(filepath):
+        raise FileExistsError(f"cannot export to {filepath!r}: it is a file, not a folder")
+    if not os.path.isdir(filepath) or not os.listdir(filepath):
+        return
+    if not _is_saved_model(filepath):
+        raise FileExistsError(f"cannot export to {filepath!r}: the folder holds files that are "
+                              f"not a SavedModel, which the export would delete; choose a new "
+                              f"or empty folder")
+    if not overwrite:
+        raise FileExistsError(f"cannot export to {filepath!r}: a SavedModel is already there; "
+                              f"pass overwrite=True to replace it")
+
+
+def export_flow(model: FlowModel, filepath: str | os.PathLike, verbose: bool = False,
+                overwrite: bool = False) -> None:
     """Writes ``model`` as a SavedModel at ``filepath`` (see the module docstring).
 
     Args:
         model: the flow to export.
-        filepath: the SavedModel folder; an existing export there is replaced only after the new
-            one is complete.
+        filepath: the SavedModel folder: new, empty, or an earlier SavedModel (``overwrite``),
+            which is replaced only after the new one is complete.
         verbose: print the endpoints and the variables they use.
+        overwrite: replace an earlier SavedModel at ``filepath``.
 
     Raises:
-        FileExistsError: ``filepath`` exists and is a file, not a SavedModel folder.
+        FileExistsError: ``filepath`` is a file, a folder holding other files, or a SavedModel
+            and ``overwrite`` is false.
     """
     filepath = os.fspath(filepath)
     target = os.path.abspath(filepath)
-    if os.path.isfile(target):
-        raise FileExistsError(f"cannot export to {filepath!r}: it is a file, not a folder")
+    check_export_target(target, overwrite)
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}.tmp-", dir=parent)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}{atomic.TEMP_MARKER}", dir=parent)
     try:
+        os.chmod(tmp, atomic.default_folder_mode())  # mkdtemp's 0700 would hide it from others
         archive = _build_archive(model)
         archive.write_out(tmp, verbose=verbose)
+        atomic.fsync_tree(tmp)
+        check_export_target(target, overwrite)  # it may have changed while the export ran
         old = None
         if os.path.exists(target):
-            old = os.path.join(parent, f".{os.path.basename(target)}.old-{uuid.uuid4().hex}")
+            old = os.path.join(parent, f".{os.path.basename(target)}{atomic.TEMP_MARKER}old-"
+                                       f"{uuid.uuid4().hex}")
             os.rename(target, old)
         try:
             os.rename(tmp, target)
@@ -154,6 +219,7 @@ def export_flow(model: FlowModel, filepath: str | os.PathLike, verbose: bool = F
             if old is not None:
                 os.rename(old, target)  # put the earlier export back
             raise
+        atomic.fsync_folder(parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     finally:

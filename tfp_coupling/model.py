@@ -38,6 +38,20 @@ def _multi_worker_logs(logs: dict) -> dict:
     return logs
 
 
+def _whole_number(value, what: str, minimum: int = 0) -> int:
+    """``value`` as an int if it is a whole number ``>= minimum`` (2.5 is an error, not 2)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise TypeError(f"{what} must be a whole number, got {value!r}")
+    if not (math.isfinite(value) and value == int(value)) or int(value) < minimum:
+        raise ValueError(f"{what} must be a whole number >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _strict_shape(shape: Sequence[int], what: str) -> tuple[int, ...]:
+    """A shape of positive whole numbers (``[2.5]`` is an error, not ``[2]``)."""
+    return tuple(_whole_number(d, f"{what} entries", minimum=1) for d in shape)
+
+
 @keras.saving.register_keras_serializable(package="tfp_coupling")
 class FlowModel(keras.Model):
     """A flow ``x = f(z)``, ``z ~ N(0, I)``, trained by maximum likelihood with ``model.fit``.
@@ -105,7 +119,7 @@ class FlowModel(keras.Model):
         # The model itself computes in the flow dtype: Keras must not cast data to float16.
         kwargs.setdefault("dtype", flow_dtype.name)
         super().__init__(**kwargs)
-        self.event_shape = tuple(int(d) for d in event_shape)
+        self.event_shape = _strict_shape(event_shape, "event_shape")
         self.flow_dtype = flow_dtype
         self.flow_config = dict(flow_config) if flow_config is not None else None
         self.dequantize = bool(dequantize)
@@ -147,7 +161,7 @@ class FlowModel(keras.Model):
             x = np.asarray(x)
             if x.dtype.kind not in "fiu":
                 raise TypeError(f"{self.name}: data must be numeric, got dtype {x.dtype}")
-            x = x.astype(self.flow_dtype.as_numpy_dtype)
+            x = self._cast_without_overflow(x)
         x = tf.convert_to_tensor(x)
         if x.dtype != self.flow_dtype:
             if not (x.dtype.is_floating or x.dtype.is_integer):
@@ -163,6 +177,21 @@ class FlowModel(keras.Model):
                     f"{bad[0].tolist()}; remove or replace them before computing log_prob"
                 )
         return x
+
+    def _cast_without_overflow(self, x: np.ndarray) -> np.ndarray:
+        """``x`` in ``flow_dtype``; finite values too large for it are an error, not Inf."""
+        dtype = np.dtype(self.flow_dtype.as_numpy_dtype)
+        with np.errstate(over="ignore"):
+            cast = x.astype(dtype)
+        if x.dtype.kind == "f" and x.size and not np.all(np.isfinite(cast)):
+            overflow = np.isfinite(x) & ~np.isfinite(cast)
+            if np.any(overflow):
+                where = np.argwhere(overflow)[0]
+                raise ValueError(
+                    f"{self.name}: data value {x[tuple(where)]:.6g} at index {where.tolist()} is "
+                    f"beyond the range of {dtype.name} (max {np.finfo(dtype).max:.3g}): it would "
+                    f"overflow to Inf; rescale the data")
+        return cast
 
     def log_prob(self, x) -> tf.Tensor:
         """``log p(x)`` per example, in nats, in ``flow_dtype``."""
@@ -411,12 +440,14 @@ class FlowModel(keras.Model):
             raise self._nonfinite_data_error(e, guard) from None
 
     def export(self, filepath, format: str = "tf_saved_model",  # noqa: A002 (Keras's name)
-               verbose: bool | None = None, input_signature=None, **kwargs) -> None:
+               verbose: bool | None = None, input_signature=None, overwrite: bool = False,
+               **kwargs) -> None:
         """Writes a SavedModel with ``log_prob``, ``sample``, ``forward``, ``inverse`` endpoints.
 
         It loads with ``tf.saved_model.load(filepath)`` without tfp-coupling; see
-        :mod:`tfp_coupling.export` for the signatures. A failed export leaves an earlier export
-        at ``filepath`` intact.
+        :mod:`tfp_coupling.export` for the signatures. An existing SavedModel at ``filepath`` is
+        replaced only with ``overwrite=True``, and only once the new one is complete; any other
+        existing folder content is never deleted.
 
         Example:
             >>> import tempfile, tensorflow as tf, tfp_coupling as tc
@@ -435,13 +466,21 @@ class FlowModel(keras.Model):
             )
         from tfp_coupling.export import export_flow
 
-        export_flow(self, filepath, verbose=bool(verbose))
+        export_flow(self, filepath, verbose=bool(verbose), overwrite=overwrite)
 
     def sample(self, n: int, temperature: float = 1.0, seed: int | None = None) -> tf.Tensor:
         """Draws ``n`` samples ``f(T * z)``, ``z ~ N(0, I)``, with temperature ``T``.
 
-        An integer ``seed`` makes the draw reproducible (stateless sampling).
+        An integer ``seed`` makes the draw reproducible (stateless sampling). ``temperature=0``
+        gives ``f(0)`` ``n`` times (the image of the base distribution's mode).
         """
+        if not tf.is_tensor(n):
+            n = _whole_number(n, "n")
+        if not tf.is_tensor(temperature) and not (
+                isinstance(temperature, int | float | np.number) and math.isfinite(temperature)
+                and temperature >= 0):
+            raise ValueError(f"{self.name}: temperature must be a finite number >= 0, got "
+                             f"{temperature!r}")
         shape = tf.concat([tf.reshape(tf.cast(n, tf.int32), [1]),
                            tf.constant(self.event_shape, tf.int32)], axis=0)
         if seed is None:
@@ -472,7 +511,8 @@ class FlowModel(keras.Model):
 
     @classmethod
     def from_config(cls, config: dict) -> FlowModel:
-        from tfp_coupling import flows
+        # image_flows registers its builders on import; a bare `import tfp_coupling` is lazy.
+        from tfp_coupling import flows, image_flows  # noqa: F401
 
         flow_config = dict(config["flow_config"])
         name = flow_config.pop("builder")
