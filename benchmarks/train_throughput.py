@@ -211,8 +211,12 @@ def _d_a(dim: int, i: int) -> int:
 
 def tc_model(kind: str, w, seed: int):
     keras.utils.set_random_seed(seed)
-    builder = tc.realnvp_flow if kind == "realnvp" else tc.nice_flow
-    return builder(event_shape=[w["dim"]], num_couplings=w["couplings"], hidden_units=w["hidden"])
+    # The coupling chain alone, as the floors and TFP's RealNVP: no whitening, clamp 5.
+    if kind == "realnvp":
+        return tc.realnvp_flow(event_shape=[w["dim"]], num_couplings=w["couplings"],
+                               hidden_units=w["hidden"], whiten=False, log_scale_clamp=5.0)
+    return tc.nice_flow(event_shape=[w["dim"]], num_couplings=w["couplings"],
+                        hidden_units=w["hidden"])
 
 
 def tc_train_contender(name, kind: str, w, x, xla: bool, seed: int) -> Contender:

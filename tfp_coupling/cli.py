@@ -115,8 +115,10 @@ def _build_model(config: dict):
     hidden = config["hidden_units"]
     couplings = config["couplings"]
     if config["model"] == "nice":
+        # Flattened pixels: background pixels vary by far less than a random shift moves them,
+        # so NICE starts at the identity there (their data are not symmetric anyway).
         return flows.nice_flow([config["event_size"]], num_couplings=couplings,
-                               hidden_units=hidden)
+                               hidden_units=hidden, zero_init=bool(config.get("flatten")))
     if config["model"] == "realnvp":
         return flows.realnvp_flow([config["event_size"]], num_couplings=couplings,
                                   hidden_units=hidden)

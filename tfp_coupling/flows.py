@@ -93,7 +93,9 @@ def nice_flow(
     The shift networks start random, not at zero: at the identity, the gradient of the NICE loss
     with respect to a shift is ``-E[x_b | x_a]``, which is 0 for data symmetric under
     ``x_b -> -x_b`` (circles, rings), so a zero-initialised NICE never leaves its start there.
-    ``zero_init=True`` restores the identity start. ``whiten`` as in :func:`realnvp_flow` (off
+    ``zero_init=True`` restores the identity start: use it where some dimensions vary far less
+    than others (e.g. flattened pixels), which a random start would shift by many of their
+    standard deviations. ``whiten`` as in :func:`realnvp_flow` (off
     by default: the couplings and rescaling are NICE's whole model).
 
     Example:
