@@ -69,3 +69,16 @@ def test_example_docstrings_name_only_options_that_exist(path):
     named = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", doc))
     defined = set(re.findall(r"add_argument\(\s*\"(--[a-z][a-z0-9-]*)\"", source))
     assert named <= defined, f"{path.name} names options it does not define: {named - defined}"
+
+
+def test_readme_quick_start_runs():
+    """The quick start, with 2 epochs instead of 50: fit with early stopping on val_nll, then
+    log_prob and sample."""
+    code = readme_python_block("Quick start").replace("epochs=50", "epochs=2")
+    assert "epochs=2" in code
+    namespace: dict = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(code, str(README), "exec"), namespace)
+    assert tuple(namespace["log_p"].shape) == (5,)
+    assert tuple(namespace["samples"].shape) == (1000, 2)
+    assert np.isfinite(namespace["samples"]).all()
