@@ -120,3 +120,19 @@ def test_true_log_prob_of_checkerboard_and_unknown_densities():
         tc.data.true_log_prob("pinwheel", x)
     with pytest.raises(ValueError, match=r"shape \[N, 2\]"):
         tc.data.true_log_prob("rings", np.zeros((3, 3)))
+
+
+def test_fit_on_a_generator_asks_for_the_initialisation_rows():
+    x = tc.data.two_moons(256, seed=0)
+    model = tc.realnvp_flow([2], num_couplings=2, hidden_units=[8])
+    model.compile(optimizer="adam")
+
+    def batches():
+        while True:
+            yield (x[:64],)
+
+    with pytest.raises(ValueError, match="initialize_from_data"):
+        model.fit(batches(), steps_per_epoch=2, epochs=1, verbose=0)
+    tc.initialize_from_data(model, x)
+    history = model.fit(batches(), steps_per_epoch=2, epochs=1, verbose=0).history
+    assert np.isfinite(history["loss"]).all()

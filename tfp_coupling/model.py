@@ -360,7 +360,14 @@ class FlowModel(keras.Model):
             raise ValueError(f"{self.name}: fit needs training data x to initialise its "
                              f"data-dependent layers")
         if not isinstance(x, tf.data.Dataset):
-            return np.asarray(x[:n])
+            try:
+                return np.asarray(x[:n])
+            except (TypeError, KeyError):  # a generator or PyDataset: rows cannot be peeked at
+                raise ValueError(
+                    f"{self.name}: fit got {type(x).__name__} data, whose first rows cannot be "
+                    f"read ahead to initialise the data-dependent layers (whitening, ActNorm); "
+                    f"call tfp_coupling.initialize_from_data(model, rows) with a few thousand "
+                    f"training rows first") from None
         rows, count = [], 0
         for element in x:
             batch = np.asarray(element[0] if isinstance(element, tuple | list) else element)
