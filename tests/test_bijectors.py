@@ -585,3 +585,21 @@ def test_plain_tfb_chain_caches_but_tc_chain_does_not():
         results[chain.__name__ if chain is tfb.Chain else "tc.Chain"] = np.allclose(
             bij.inverse(x).numpy(), z_fresh, atol=1e-6)
     assert results == {"Chain": False, "tc.Chain": True}
+
+
+def test_nice_chain_does_not_claim_an_affine_jacobian():
+    """TFP trusts ``is_constant_jacobian`` to mean "affine": ``TransformedDistribution.mean()``
+    then returns ``f(0)``. A NICE chain is not affine (only its log-det is constant), so the mean
+    must not be that silently wrong number."""
+    model = tc.nice_flow([2], num_couplings=2, hidden_units=[8], dtype="float64")
+    randomize_weights(model.flow_layers, seed=1, scale=1.0)
+    coupling = next(b for b in model.bijector.bijectors if isinstance(b, tc.AdditiveCoupling))
+    assert not coupling.is_constant_jacobian
+    np.testing.assert_array_equal(
+        coupling.forward_log_det_jacobian(tf.ones([3, 2], tf.float64), event_ndims=1), 0.0)
+    samples = model.distribution.sample(20000, seed=1).numpy()
+    f_of_zero = model.forward(tf.zeros([1, 2], tf.float64)).numpy()[0]
+    # Monte Carlo error of the mean: about std / sqrt(20000) < 0.02; f(0) is far off.
+    assert np.abs(samples.mean(0) - f_of_zero).max() > 0.1
+    with pytest.raises(NotImplementedError):
+        model.distribution.mean()

@@ -180,7 +180,10 @@ class AdditiveCoupling(Coupling):
         y_b = x_b + m(x_a)          x_b = y_b - m(y_a)
         log|det J| = 0
 
-    Volume-preserving: pair it with :class:`Rescaling` to let the flow change volume.
+    Volume-preserving: pair it with :class:`Rescaling` to let the flow change volume. Its
+    log-det is the constant 0, but its Jacobian is not constant (the map is not affine), so
+    ``is_constant_jacobian`` is ``False``: TFP reads that flag as "affine" and would otherwise
+    report ``TransformedDistribution.mean()`` as ``f(base mean)``, which is wrong here.
 
     Args:
         mask: boolean array over the event; ``True`` marks the kept part ``x_a``.
@@ -214,7 +217,7 @@ class AdditiveCoupling(Coupling):
         name: str = "additive_coupling",
     ) -> None:
         super().__init__(
-            mask, shift_fn, dtype=dtype, is_constant_jacobian=True,
+            mask, shift_fn, dtype=dtype, is_constant_jacobian=False,
             validate_args=validate_args, parameters=dict(locals()), name=name,
         )
 
