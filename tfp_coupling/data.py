@@ -276,12 +276,20 @@ def _curve_log_density(x: np.ndarray, nodes: np.ndarray, weights: np.ndarray,
     return out
 
 
-def _circle_nodes(radii: list[float], shares: list[float], m: int = 4000):
-    angle = (np.arange(m) + 0.5) * (2 * np.pi / m)
-    unit = np.stack([np.cos(angle), np.sin(angle)], axis=1)
-    nodes = np.concatenate([r * unit for r in radii])
-    weights = np.concatenate([np.full(m, s / m) for s in shares])
-    return nodes, weights
+def _nodes_per_curve(length: float, noise: float) -> int:
+    """Quadrature nodes for a curve of ``length``: spaced ``noise / 4`` apart, at which the
+    sum of Gaussians equals their integral along the curve to far below float precision."""
+    return int(np.ceil(4 * length / noise))
+
+
+def _circle_nodes(radii: list[float], shares: list[float], noise: float):
+    nodes, weights = [], []
+    for r, share in zip(radii, shares, strict=True):
+        m = _nodes_per_curve(2 * np.pi * r, noise)
+        angle = (np.arange(m) + 0.5) * (2 * np.pi / m)
+        nodes.append(r * np.stack([np.cos(angle), np.sin(angle)], axis=1))
+        weights.append(np.full(m, share / m))
+    return np.concatenate(nodes), np.concatenate(weights)
 
 
 def true_log_prob(name: str, x: np.ndarray) -> np.ndarray:
@@ -303,16 +311,17 @@ def true_log_prob(name: str, x: np.ndarray) -> np.ndarray:
     if x.ndim != 2 or x.shape[1] != 2:
         raise ValueError(f"x must have shape [N, 2], got {list(x.shape)}")
     if name == "two_moons":
-        m = 4000
+        m = _nodes_per_curve(np.pi, 0.05)
         t = (np.arange(m) + 0.5) * (np.pi / m)
         upper = np.stack([np.cos(t), np.sin(t)], axis=1)
         lower = np.stack([1.0 - np.cos(t), 0.5 - np.sin(t)], axis=1)
         return _curve_log_density(x, np.concatenate([upper, lower]),
                                   np.full(2 * m, 0.5 / m), 0.05)
     if name == "circles":
-        return _curve_log_density(x, *_circle_nodes([2.0, 1.0], [0.5, 0.5]), 0.1)
+        return _curve_log_density(x, *_circle_nodes([2.0, 1.0], [0.5, 0.5], 0.1), 0.1)
     if name == "rings":
-        return _curve_log_density(x, *_circle_nodes([0.75, 1.5, 2.25, 3.0], [0.25] * 4), 0.08)
+        rings = _circle_nodes([0.75, 1.5, 2.25, 3.0], [0.25] * 4, 0.08)
+        return _curve_log_density(x, *rings, 0.08)
     if name == "eight_gaussians":
         angle = np.arange(8) * (np.pi / 4)
         centres = 2 * np.sqrt(2) * np.stack([np.cos(angle), np.sin(angle)], axis=1)
