@@ -45,6 +45,12 @@ class DataInitializedParams(keras.layers.Layer):
         """Sets the weights from ``y``, the data on the bijector's output side."""
         raise NotImplementedError
 
+    def initialize_if_pending(self, y: tf.Tensor) -> None:
+        """Called by the bijector's inverse with the data reaching it: initialises once."""
+        if self.pending_init:
+            self.initialize_from(y)
+            self.pending_init = False
+
     def _require_eager(self) -> None:
         if not tf.executing_eagerly():
             raise RuntimeError(f"{self.name}: data-dependent initialisation runs eagerly; call "
@@ -167,9 +173,7 @@ class ActNorm(FlowBijector):
         return x * tf.exp(log_scale) + bias, self._log_det(x, log_scale)
 
     def _inverse_and_log_det(self, y):
-        if self.params.pending_init:
-            self.params.initialize_from(y)
-            self.params.pending_init = False
+        self.params.initialize_if_pending(y)
         log_scale, bias = self._scale_bias()
         return (y - bias) * tf.exp(-log_scale), -self._log_det(y, log_scale)
 

@@ -129,9 +129,7 @@ class TriLAffine(FlowBijector):
         return tf.linalg.matvec(lower, x) + bias, self._log_det(x, log_diag)
 
     def _inverse_and_log_det(self, y):
-        if self.params.pending_init:
-            self.params.initialize_from(y)
-            self.params.pending_init = False
+        self.params.initialize_if_pending(y)
         lower, log_diag, bias = self._matrix()
         shape = tf.shape(y)
         rows = tf.reshape(y - bias, [-1, self._event_shape[0]])
