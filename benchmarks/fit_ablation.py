@@ -70,7 +70,7 @@ class SigmoidScaleCoupling(tc.AffineCoupling):
 
 def build(variant: dict, dim: int, couplings: int = 8, hidden=(64, 64)) -> tc.FlowModel:
     steps = []
-    for m in tc.flows.mask_sequence([dim], couplings):
+    for m in tc.mask_sequence([dim], couplings):
         b = tc.masks.Partition(m).b_shape[-1]
         net = tc.nets.MLP(hidden, [2 * b])
         if variant.get("sigmoid"):

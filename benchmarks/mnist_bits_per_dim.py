@@ -45,7 +45,8 @@ import keras
 import numpy as np
 
 import tfp_coupling as tc
-from tfp_coupling.image_flows import bits_per_dim, sample_grid
+from tfp_coupling.dequantization import flow_bits_per_dim as bits_per_dim
+from tfp_coupling.plots import flow_sample_grid as sample_grid
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"

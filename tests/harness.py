@@ -25,7 +25,7 @@ What :func:`check_bijector` proves, for every batch shape (``x`` has shape
   ``tf.identity``, since a cached result would hide the graph from the tape);
 * ``fldj(x) == -ildj(forward(x))`` and ``ildj(y) == -fldj(inverse(y))``;
 * batch independence: example 0 of a batch gives the same values computed alone;
-* fused calls: ``tfp_coupling.fused.forward_and_log_det`` / ``inverse_and_log_det`` (and a
+* fused calls: ``tc.fused.forward_and_log_det`` / ``inverse_and_log_det`` (and a
   ``FlowBijector``'s own methods of those names) agree with the separate calls;
 * execution regimes: the same values eagerly (every batch shape), inside ``tf.function`` with
   dynamic (``None``) batch dimensions (``graph_batch_shapes``, default the last batch shape: each
@@ -113,7 +113,7 @@ def randomize_weights(obj, seed: int = 0, scale: float = 0.3,
 
     Args:
         obj: a Keras layer or model, a TFP bijector (its Keras layers are found through
-            ``tfp_coupling.fused.collect_keras_layers``, i.e. through Chain/Invert), or a list of
+            ``tc.fused.collect_keras_layers``, i.e. through Chain/Invert), or a list of
             those. Layers must be built (call the bijector once first).
         seed: seed of the numpy generator; the same seed gives the same weights.
         scale: standard deviation of the values.

@@ -257,7 +257,7 @@ def test_export_never_deletes_what_it_did_not_write(moons_flow, exported, tmp_pa
 
 
 def test_saved_model_endpoints_check_their_inputs(exported):
-    from tfp_coupling.export import MAX_SAMPLE_VALUES
+    from tfp_coupling.model.export import MAX_SAMPLE_VALUES
 
     loaded = tf.saved_model.load(str(exported))
     nan = np.array([[0.0, np.nan]], np.float32)

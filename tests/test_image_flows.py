@@ -21,7 +21,8 @@ from harness import check_flow, randomize_weights
 from shared_data import MNIST_IMAGES, needs_mnist
 
 import tfp_coupling as tc
-from tfp_coupling.image_flows import bits_per_dim, sample_grid
+from tfp_coupling.dequantization import flow_bits_per_dim as bits_per_dim
+from tfp_coupling.plots import flow_sample_grid as sample_grid
 
 LN2 = math.log(2.0)
 
@@ -179,8 +180,8 @@ def test_bits_per_dim_helper_matches_log_prob(rng):
     model = small_nice()
     randomize_weights(model, seed=6, scale=0.2)
     x = rng.integers(0, 256, size=(10, 8, 8, 1))
-    noisy = x + np.random.default_rng(7).uniform(size=x.shape)
-    want = -model.log_prob(noisy.astype("float32")).numpy().mean() / (64 * LN2)
+    noisy = tc.dequantization.dequantize(x, np.random.default_rng(7))
+    want = -model.log_prob(noisy).numpy().mean() / (64 * LN2)
     np.testing.assert_allclose(bits_per_dim(model, x, batch_size=4, seed=7), want, rtol=1e-5)
 
 

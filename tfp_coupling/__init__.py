@@ -13,17 +13,18 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-# `import tfp_coupling` imports every module (so that keras.models.load_model finds the flows),
-# except when the import starts the command line: TensorFlow takes seconds to import and logs on
-# start-up, and `tfp-coupling --help` or a bad option must answer at once. Names are then
-# resolved when first used (PEP 562), and the CLI calls load_all() once the options are checked.
+# `import tfp_coupling` imports the model and builders (so that keras.models.load_model finds
+# the flows' classes, which Keras knows only once their modules ran), except when the import
+# starts the command line: Python runs this file before any module of the package, TensorFlow
+# takes seconds to import and logs on start-up, and `tfp-coupling --help` or a bad option must
+# answer at once. Names are then resolved when first used (PEP 562), and the command line
+# imports what a command needs once its options are checked.
 _EXPORTS = {
     "ActNorm": "tfp_coupling.bijectors",
     "AdditiveCoupling": "tfp_coupling.bijectors",
     "AffineCoupling": "tfp_coupling.bijectors",
     "Chain": "tfp_coupling.bijectors",
     "Coupling": "tfp_coupling.bijectors",
-    "FactorOut": "tfp_coupling.bijectors",
     "FlowBijector": "tfp_coupling.bijectors",
     "LogitPreprocessing": "tfp_coupling.bijectors",
     "LogScale": "tfp_coupling.bijectors",
@@ -32,26 +33,30 @@ _EXPORTS = {
     "TriLAffine": "tfp_coupling.bijectors",
     "initialize_actnorm": "tfp_coupling.bijectors",
     "initialize_from_data": "tfp_coupling.bijectors",
-    "get_builder": "tfp_coupling.flows",
-    "nice_flow": "tfp_coupling.flows",
-    "realnvp_flow": "tfp_coupling.flows",
-    "register_builder": "tfp_coupling.flows",
-    "ImageFlowModel": "tfp_coupling.image_flows",
-    "nice_image_flow": "tfp_coupling.image_flows",
-    "realnvp_flat_image_flow": "tfp_coupling.image_flows",
-    "realnvp_image_flow": "tfp_coupling.image_flows",
+    "FactorOut": "tfp_coupling.composition",
+    "fused": "tfp_coupling.composition",
     "FlowModel": "tfp_coupling.model",
+    "get_builder": "tfp_coupling.model",
+    "register_builder": "tfp_coupling.model",
+    "ImageFlowModel": "tfp_coupling.builders",
+    "initialize_rescaling": "tfp_coupling.builders",
+    "mask_sequence": "tfp_coupling.builders",
+    "nice_flow": "tfp_coupling.builders",
+    "nice_image_flow": "tfp_coupling.builders",
+    "realnvp_flat_image_flow": "tfp_coupling.builders",
+    "realnvp_flow": "tfp_coupling.builders",
+    "realnvp_image_flow": "tfp_coupling.builders",
+    "flow_bits_per_dim": "tfp_coupling.dequantization",
 }
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
-    from tfp_coupling import data, fused, image_flows, masks, nets
+    from tfp_coupling import data, masks, nets, plots
     from tfp_coupling.bijectors import (
         ActNorm,
         AdditiveCoupling,
         AffineCoupling,
         Chain,
         Coupling,
-        FactorOut,
         FlowBijector,
         LogitPreprocessing,
         LogScale,
@@ -61,18 +66,23 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
         initialize_actnorm,
         initialize_from_data,
     )
-    from tfp_coupling.flows import get_builder, nice_flow, realnvp_flow, register_builder
-    from tfp_coupling.image_flows import (
+    from tfp_coupling.builders import (
         ImageFlowModel,
+        initialize_rescaling,
+        mask_sequence,
+        nice_flow,
         nice_image_flow,
         realnvp_flat_image_flow,
+        realnvp_flow,
         realnvp_image_flow,
     )
-    from tfp_coupling.model import FlowModel
+    from tfp_coupling.composition import FactorOut, fused
+    from tfp_coupling.dequantization import flow_bits_per_dim
+    from tfp_coupling.model import FlowModel, get_builder, register_builder
 
 
 def load_all() -> None:
-    """Imports every module, registering all builders and Keras custom objects."""
+    """Imports the modules behind the public names, and so every Keras custom object."""
     for module in sorted(set(_EXPORTS.values())):
         importlib.import_module(module)
 
@@ -120,16 +130,19 @@ __all__ = [
     "Squeeze",
     "TriLAffine",
     "data",
+    "flow_bits_per_dim",
     "fused",
     "get_builder",
-    "image_flows",
     "initialize_actnorm",
     "initialize_from_data",
+    "initialize_rescaling",
     "load_all",
+    "mask_sequence",
     "masks",
     "nets",
     "nice_flow",
     "nice_image_flow",
+    "plots",
     "realnvp_flat_image_flow",
     "realnvp_flow",
     "realnvp_image_flow",

@@ -19,7 +19,9 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +34,7 @@ __all__ = [
     "fsync_tree",
     "remove_stale_temporaries",
     "temporary_sibling",
+    "temporary_sibling_folder",
     "write_text",
     "write_with",
 ]
@@ -103,6 +106,23 @@ def temporary_sibling(path: str | os.PathLike, suffix: str = "") -> Iterator[Pat
         tmp.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def temporary_sibling_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a new empty folder beside ``path`` to assemble ``path`` in; removes what is left.
+
+    Rename it to ``path`` once complete: readers then see the whole folder or none of it. Its
+    permissions are a plain ``mkdir``'s (``mkdtemp`` would make it private to its owner).
+    """
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}{TEMP_MARKER}", dir=path.parent))
+    try:
+        os.chmod(tmp, default_folder_mode())
+        yield tmp
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_with(path: str | os.PathLike, write: Callable[[Path], None], suffix: str = "") -> None:
     """Calls ``write(tmp)`` on a temporary sibling of ``path``, then fsyncs and renames it.
 
@@ -130,9 +150,6 @@ def remove_stale_temporaries(folder: str | os.PathLike,
     folders) with :data:`TEMP_MARKER` in their name, or matching one of the ``also`` glob
     patterns (for writers that name temporaries their own way).
     """
-    import fnmatch
-    import shutil
-
     removed = []
     folder = Path(folder)
     if not folder.is_dir():

@@ -11,8 +11,19 @@ import math
 from collections.abc import Sequence
 
 import keras
+import numpy as np
+import tensorflow as tf
 
-__all__ = ["MLP", "ResNet"]
+__all__ = ["MLP", "FlatMLP", "ResNet", "conditioner_policy"]
+
+
+def conditioner_policy(flow_dtype: tf.DType) -> str | None:
+    """The dtype policy of a flow's conditioners: ``"float64"`` for float64 flows, else None.
+
+    None leaves them on the global policy, so that float32 flows run their conditioners under
+    mixed precision when it is set; a float64 flow keeps every computation in float64.
+    """
+    return flow_dtype.name if flow_dtype == tf.float64 else None
 
 
 @keras.saving.register_keras_serializable(package="tfp_coupling")
@@ -216,6 +227,37 @@ class ResNet(keras.layers.Layer):
             "activation": self.activation,
             "zero_init": self.zero_init,
         }
+
+
+class FlatMLP(keras.layers.Layer):
+    """An MLP conditioner on the kept entries of a flattened image, for flat masks.
+
+    A mask over the flattened pixel index (NICE's odd/even split) varies over space, so the
+    coupling applies it multiplicatively and passes the whole masked image. This layer gathers
+    the ``D_a`` kept entries, runs ``MLP(hidden_units) -> num_params * D_b`` on them (the paper's
+    network size) and scatters each parameter back to the image shape (zeros on kept entries).
+    """
+
+    def __init__(self, mask, hidden_units, num_params: int, activation: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        keep = np.asarray(tf.get_static_value(tf.convert_to_tensor(mask)), bool)
+        self.image_shape = keep.shape
+        flat = keep.reshape(-1)
+        self.idx_a = np.flatnonzero(flat)
+        idx_b = np.flatnonzero(~flat)
+        self.merge_order = np.argsort(np.concatenate([self.idx_a, idx_b]))
+        self.num_params = int(num_params)
+        self.mlp = MLP(hidden_units, [self.num_params * len(idx_b)], activation=activation,
+                            dtype=self.dtype_policy, name="mlp")
+
+    def call(self, inputs):
+        flat = tf.reshape(inputs, [-1, len(self.merge_order)])
+        out = self.mlp(tf.gather(flat, self.idx_a, axis=1))
+        zeros = tf.zeros([tf.shape(out)[0], len(self.idx_a)], out.dtype)
+        params = [tf.reshape(tf.gather(tf.concat([zeros, p], axis=1), self.merge_order, axis=1),
+                             [-1, *self.image_shape])
+                  for p in tf.split(out, self.num_params, axis=-1)]
+        return tf.concat(params, axis=-1)
 
 
 def _fan_in_uniform() -> keras.initializers.Initializer:

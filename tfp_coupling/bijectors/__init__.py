@@ -11,7 +11,6 @@ from tfp_coupling.bijectors.actnorm import (
 )
 from tfp_coupling.bijectors.base import Chain, FlowBijector, UncachedBijectorCache
 from tfp_coupling.bijectors.coupling import AdditiveCoupling, AffineCoupling, Coupling
-from tfp_coupling.bijectors.factor_out import FactorOut
 from tfp_coupling.bijectors.linear import TriLAffine, TriLAffineParams
 from tfp_coupling.bijectors.logit import LogitPreprocessing
 from tfp_coupling.bijectors.rescaling import LogScale, Rescaling
@@ -25,7 +24,6 @@ __all__ = [
     "Chain",
     "Coupling",
     "DataInitializedParams",
-    "FactorOut",
     "FlowBijector",
     "LogScale",
     "LogitPreprocessing",

@@ -20,12 +20,18 @@ from __future__ import annotations
 
 import tensorflow as tf
 import tensorflow_probability as tfp
-from tensorflow_probability.python.bijectors import chain as _chain
 
 from tfp_coupling.bijectors.base import FlowBijector
 from tfp_coupling.bijectors.coupling import Coupling
 
 tfb = tfp.bijectors
+
+# The chains to walk: ``tfb.Chain`` and the classes it derives from below ``tfb.Composition``.
+# ``tfb.Chain(links)`` returns an instance of its non-CompositeTensor base class when a link is
+# not a CompositeTensor (every tfp-coupling bijector), so ``isinstance(b, tfb.Chain)`` alone
+# would miss most chains. Subclasses (``Glow``, ``FillScaleTriL``, ...) are chains too.
+_CHAIN_CLASSES = tuple(c for c in tfb.Chain.__mro__
+                       if issubclass(c, tfb.Composition) and c is not tfb.Composition)
 
 __all__ = ["collect_keras_layers", "forward_and_log_det", "inverse_and_log_det"]
 
@@ -56,7 +62,7 @@ def collect_keras_layers(bijector: tfb.Bijector) -> list:
 
 
 def _leaves(bijector: tfb.Bijector):
-    if isinstance(bijector, _chain._Chain):
+    if isinstance(bijector, _CHAIN_CLASSES):
         for b in bijector.bijectors:
             yield from _leaves(b)
     elif isinstance(bijector, tfb.Invert):
@@ -66,7 +72,7 @@ def _leaves(bijector: tfb.Bijector):
 
 
 def _walk(bijector, x, event_ndims: int, forward: bool):
-    if isinstance(bijector, _chain._Chain):
+    if isinstance(bijector, _CHAIN_CLASSES):
         links = list(reversed(bijector.bijectors) if forward else bijector.bijectors)
         ldjs = []
         i = 0

@@ -8,6 +8,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfp_coupling.bijectors.base import FlowBijector
+from tfp_coupling.composition import fused
 
 __all__ = ["FactorOut"]
 
@@ -38,7 +39,7 @@ class FactorOut(FlowBijector):
     Example:
         >>> import tensorflow as tf
         >>> from tfp_coupling import Rescaling
-        >>> from tfp_coupling.bijectors import FactorOut
+        >>> from tfp_coupling.composition import FactorOut
         >>> b = FactorOut([2, 2, 4], Rescaling([2, 2, 2], initial_log_scale=1.0))
         >>> y, ldj = b.forward_and_log_det(tf.ones([1, 2, 2, 4]))
         >>> [round(float(v), 3) for v in y[0, 0, 0]], float(ldj[0])
@@ -82,13 +83,9 @@ class FactorOut(FlowBijector):
 
     @property
     def keras_layers(self) -> list:
-        from tfp_coupling import fused  # fused imports this package: import at use
-
         return fused.collect_keras_layers(self.inner)
 
     def _apply(self, x: tf.Tensor, forward: bool) -> tuple[tf.Tensor, tf.Tensor]:
-        from tfp_coupling import fused
-
         k = self.num_kept
         walk = fused.forward_and_log_det if forward else fused.inverse_and_log_det
         y_1, ldj = walk(self.inner, x[..., :k], len(self.inner_event_shape))

@@ -11,10 +11,14 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_coupling import fused
+from tfp_coupling import dequantization
 from tfp_coupling.bijectors.actnorm import data_initialized_layers, initialize_from_data
 from tfp_coupling.bijectors.base import check_event_shape
 from tfp_coupling.callbacks import StopOnNonFiniteLoss
+from tfp_coupling.composition import fused
+from tfp_coupling.model import inputs, keras_workarounds, registry
+from tfp_coupling.model.export import export_flow
+from tfp_coupling.model.sampling import base_noise
 
 _NONFINITE_DATA = "tfp_coupling: batch contains NaN or Inf values"
 
@@ -22,34 +26,6 @@ tfb = tfp.bijectors
 tfd = tfp.distributions
 
 __all__ = ["FlowModel"]
-
-
-def _multi_worker_logs(logs: dict) -> dict:
-    """Step logs as shape ``[1]`` under multi-worker ``MultiWorkerMirroredStrategy``.
-
-    Keras 3 reduces them with ``strategy.reduce("MEAN", v, axis=0)`` there, which fails on
-    scalars ("Invalid reduction dimension 0", tensorflow/tensorflow#72388); on ``[1]`` it returns
-    the scalar mean over the replicas.
-    """
-    strategy = tf.distribute.get_strategy()
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and getattr(
-            strategy.extended, "_in_multi_worker_mode", lambda: False)():
-        return {k: tf.reshape(v, [1]) for k, v in logs.items()}
-    return logs
-
-
-def _whole_number(value, what: str, minimum: int = 0) -> int:
-    """``value`` as an int if it is a whole number ``>= minimum`` (2.5 is an error, not 2)."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise TypeError(f"{what} must be a whole number, got {value!r}")
-    if not (math.isfinite(value) and value == int(value)) or int(value) < minimum:
-        raise ValueError(f"{what} must be a whole number >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _strict_shape(shape: Sequence[int], what: str) -> tuple[int, ...]:
-    """A shape of positive whole numbers (``[2.5]`` is an error, not ``[2]``)."""
-    return tuple(_whole_number(d, f"{what} entries", minimum=1) for d in shape)
 
 
 @keras.saving.register_keras_serializable(package="tfp_coupling")
@@ -119,7 +95,7 @@ class FlowModel(keras.Model):
         # The model itself computes in the flow dtype: Keras must not cast data to float16.
         kwargs.setdefault("dtype", flow_dtype.name)
         super().__init__(**kwargs)
-        self.event_shape = _strict_shape(event_shape, "event_shape")
+        self.event_shape = inputs.strict_shape(event_shape, "event_shape")
         self.flow_dtype = flow_dtype
         self.flow_config = dict(flow_config) if flow_config is not None else None
         self.dequantize = bool(dequantize)
@@ -161,7 +137,7 @@ class FlowModel(keras.Model):
             x = np.asarray(x)
             if x.dtype.kind not in "fiu":
                 raise TypeError(f"{self.name}: data must be numeric, got dtype {x.dtype}")
-            x = self._cast_without_overflow(x)
+            x = inputs.cast_without_overflow(x, self.flow_dtype, self.name)
         x = tf.convert_to_tensor(x)
         if x.dtype != self.flow_dtype:
             if not (x.dtype.is_floating or x.dtype.is_integer):
@@ -177,21 +153,6 @@ class FlowModel(keras.Model):
                     f"{bad[0].tolist()}; remove or replace them before computing log_prob"
                 )
         return x
-
-    def _cast_without_overflow(self, x: np.ndarray) -> np.ndarray:
-        """``x`` in ``flow_dtype``; finite values too large for it are an error, not Inf."""
-        dtype = np.dtype(self.flow_dtype.as_numpy_dtype)
-        with np.errstate(over="ignore"):
-            cast = x.astype(dtype)
-        if x.dtype.kind == "f" and x.size and not np.all(np.isfinite(cast)):
-            overflow = np.isfinite(x) & ~np.isfinite(cast)
-            if np.any(overflow):
-                where = np.argwhere(overflow)[0]
-                raise ValueError(
-                    f"{self.name}: data value {x[tuple(where)]:.6g} at index {where.tolist()} is "
-                    f"beyond the range of {dtype.name} (max {np.finfo(dtype).max:.3g}): it would "
-                    f"overflow to Inf; rescale the data")
-        return cast
 
     def log_prob(self, x) -> tf.Tensor:
         """``log p(x)`` per example, in nats, in ``flow_dtype``."""
@@ -258,7 +219,7 @@ class FlowModel(keras.Model):
         self.nll_tracker.update_state(nll, sample_weight=weight)
         if self.bits_per_dim_tracker is not None:
             self.bits_per_dim_tracker.update_state(
-                nll / (self.event_size * math.log(2.0)), sample_weight=weight)
+                dequantization.bits_per_dim(nll, self.event_size), sample_weight=weight)
         return super().compute_metrics(x, y, y_pred, sample_weight=sample_weight)
 
     # -- training: options, input checks, non-finite guard ---------------------------------------
@@ -301,81 +262,11 @@ class FlowModel(keras.Model):
 
     def train_step(self, data):
         with self._finite_batch_guard(data):
-            return _multi_worker_logs(super().train_step(self._dequantized(data)))
+            return keras_workarounds.multi_worker_logs(super().train_step(self._dequantized(data)))
 
     def test_step(self, data):
         with self._finite_batch_guard(data):
-            return _multi_worker_logs(super().test_step(self._dequantized(data)))
-
-    def _check_data(self, data, what: str) -> None:
-        """Raises a clear error up front for data of the wrong event shape or with NaN/Inf.
-
-        Arrays and tensors are checked fully; for a ``tf.data.Dataset`` the ``element_spec``
-        shape is checked here and NaN/Inf at the batch where it occurs (see ``fit``).
-        """
-        event = list(self.event_shape)
-        want = f"[batch, {', '.join(map(str, event))}]"
-        if isinstance(data, tf.data.Dataset):
-            spec = data.element_spec
-            if isinstance(spec, tuple | list) and spec:
-                spec = spec[0]
-            if not isinstance(spec, tf.TensorSpec) or spec.shape.rank is None:
-                return
-            shape = spec.shape.as_list()
-            if shape == event:
-                raise ValueError(f"{self.name}: {what} yields single examples of shape {shape}, "
-                                 f"not batches: call dataset.batch(batch_size) first")
-            if len(shape) != len(event) + 1 or any(
-                    g is not None and g != e for g, e in zip(shape[1:], event, strict=True)):
-                raise ValueError(f"{self.name}: {what} yields batches of shape {shape}; expected "
-                                 f"{want} (event shape {event})")
-            if not (spec.dtype.is_floating or spec.dtype.is_integer):
-                raise TypeError(f"{self.name}: {what} yields {spec.dtype.name} data; expected "
-                                f"numbers")
-            return
-        if isinstance(data, tf.Tensor | tf.Variable):
-            if not tf.executing_eagerly():
-                return
-            data = data.numpy()
-        if not isinstance(data, np.ndarray | list):
-            return  # generators, PyDatasets: checked batch by batch
-        data = np.asarray(data)
-        if data.dtype.kind not in "fiub":
-            raise TypeError(f"{self.name}: {what} has dtype {data.dtype}; expected numbers")
-        if list(data.shape[1:]) != event or data.ndim != len(event) + 1:
-            raise ValueError(f"{self.name}: {what} has shape {list(data.shape)}; expected {want} "
-                             f"(event shape {event})")
-        if data.dtype.kind == "f":
-            bad = ~np.isfinite(data)
-            if bad.any():
-                rows = np.flatnonzero(bad.reshape(len(data), -1).any(axis=1))
-                raise ValueError(f"{self.name}: {what} contains NaN or Inf values in "
-                                 f"{len(rows)} example(s), first at index {int(rows[0])}; remove "
-                                 f"or replace them")
-
-    def _initialization_rows(self, x) -> np.ndarray:
-        """The first training rows (batches of a dataset, in order), for data-dependent init."""
-        n = 4096 if len(self.event_shape) == 1 else 512
-        if x is None:
-            raise ValueError(f"{self.name}: fit needs training data x to initialise its "
-                             f"data-dependent layers")
-        if not isinstance(x, tf.data.Dataset):
-            try:
-                return np.asarray(x[:n])
-            except (TypeError, KeyError):  # a generator or PyDataset: rows cannot be peeked at
-                raise ValueError(
-                    f"{self.name}: fit got {type(x).__name__} data, whose first rows cannot be "
-                    f"read ahead to initialise the data-dependent layers (whitening, ActNorm); "
-                    f"call tfp_coupling.initialize_from_data(model, rows) with a few thousand "
-                    f"training rows first") from None
-        rows, count = [], 0
-        for element in x:
-            batch = np.asarray(element[0] if isinstance(element, tuple | list) else element)
-            rows.append(batch)
-            count += len(batch)
-            if count >= n:
-                break
-        return np.concatenate(rows)[:n]
+            return keras_workarounds.multi_worker_logs(super().test_step(self._dequantized(data)))
 
     def _nonfinite_data_error(self, error: tf.errors.InvalidArgumentError,
                               guard: StopOnNonFiniteLoss) -> Exception:
@@ -400,13 +291,13 @@ class FlowModel(keras.Model):
         not initialised yet are set from the first training rows (up to 4096 for vector events,
         512 for images; see :func:`tfp_coupling.initialize_from_data`).
         """
-        self._check_data(x, "x")
+        inputs.check_data(x, self.event_shape, self.name, "x")
         if any(not layer.is_initialized for layer in data_initialized_layers(self)):
-            initialize_from_data(self, self._initialization_rows(x))
+            initialize_from_data(self, inputs.initialization_rows(x, self.event_shape, self.name))
         if validation_data is not None:
             val_x = (validation_data[0] if isinstance(validation_data, tuple | list)
                      else validation_data)
-            self._check_data(val_x, "validation_data")
+            inputs.check_data(val_x, self.event_shape, self.name, "validation_data")
         guard = None
         if not isinstance(callbacks, keras.callbacks.CallbackList):
             callbacks = list(callbacks or [])
@@ -436,7 +327,7 @@ class FlowModel(keras.Model):
             return super().evaluate(x=x, y=y, batch_size=batch_size, verbose=verbose,
                                     sample_weight=sample_weight, steps=steps,
                                     callbacks=callbacks, return_dict=return_dict, **kwargs)
-        self._check_data(x, "x")
+        inputs.check_data(x, self.event_shape, self.name, "x")
         guard = StopOnNonFiniteLoss(raise_error=False)  # here only to know the batch
         callbacks = [*list(callbacks or []), guard]
         try:
@@ -471,8 +362,6 @@ class FlowModel(keras.Model):
                 f"(format='tf_saved_model', no input_signature or other options); got "
                 f"format={format!r}, input_signature={input_signature!r}, options {sorted(kwargs)}"
             )
-        from tfp_coupling.export import export_flow
-
         export_flow(self, filepath, verbose=bool(verbose), overwrite=overwrite)
 
     def sample(self, n: int, temperature: float = 1.0, seed: int | None = None) -> tf.Tensor:
@@ -482,7 +371,7 @@ class FlowModel(keras.Model):
         gives ``f(0)`` ``n`` times (the image of the base distribution's mode).
         """
         if not tf.is_tensor(n):
-            n = _whole_number(n, "n")
+            n = inputs.whole_number(n, "n")
         if not tf.is_tensor(temperature) and not (
                 isinstance(temperature, int | float | np.number) and math.isfinite(temperature)
                 and temperature >= 0):
@@ -490,10 +379,7 @@ class FlowModel(keras.Model):
                              f"{temperature!r}")
         shape = tf.concat([tf.reshape(tf.cast(n, tf.int32), [1]),
                            tf.constant(self.event_shape, tf.int32)], axis=0)
-        if seed is None:
-            z = tf.random.normal(shape, dtype=self.flow_dtype)
-        else:
-            z = tf.random.stateless_normal(shape, seed=[int(seed), 0], dtype=self.flow_dtype)
+        z = base_noise(shape, self.flow_dtype, None if seed is None else int(seed))
         z = z * tf.cast(temperature, self.flow_dtype)
         return fused.forward_and_log_det(self.bijector, z, len(self.event_shape))[0]
 
@@ -518,10 +404,7 @@ class FlowModel(keras.Model):
 
     @classmethod
     def from_config(cls, config: dict) -> FlowModel:
-        # image_flows registers its builders on import; a bare `import tfp_coupling` is lazy.
-        from tfp_coupling import flows, image_flows  # noqa: F401
-
         flow_config = dict(config["flow_config"])
-        name = flow_config.pop("builder")
-        builder = flows.get_builder(name)
-        return builder(**flows.config_with_defaults(name, flow_config), name=config.get("name"))
+        builder = flow_config.pop("builder")
+        return registry.get_builder(builder)(
+            **registry.config_with_defaults(builder, flow_config), name=config.get("name"))

@@ -17,7 +17,6 @@ import math
 from collections.abc import Sequence
 
 import keras
-import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -27,24 +26,18 @@ from tfp_coupling.bijectors import (
     AdditiveCoupling,
     AffineCoupling,
     Chain,
-    FactorOut,
     LogitPreprocessing,
     Rescaling,
     Squeeze,
 )
-from tfp_coupling.flows import mask_sequence, register_builder
-from tfp_coupling.model import FlowModel
+from tfp_coupling.builders.vector import mask_sequence
+from tfp_coupling.composition import FactorOut
+from tfp_coupling.model.flow_model import FlowModel
+from tfp_coupling.model.registry import builder_config
 
 tfb = tfp.bijectors
 
-__all__ = [
-    "ImageFlowModel",
-    "bits_per_dim",
-    "nice_image_flow",
-    "realnvp_flat_image_flow",
-    "realnvp_image_flow",
-    "sample_grid",
-]
+__all__ = ["ImageFlowModel", "nice_image_flow", "realnvp_flat_image_flow", "realnvp_image_flow"]
 
 
 @keras.saving.register_keras_serializable(package="tfp_coupling")
@@ -61,10 +54,6 @@ def _check_image_shape(image_shape: Sequence[int]) -> tuple[int, int, int]:
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"image_shape must be (H, W, C) with positive sizes, got {list(shape)}")
     return shape
-
-
-def _policy(dtype: tf.DType) -> str | None:
-    return dtype.name if dtype == tf.float64 else None  # None: the global (mixed) policy
 
 
 def realnvp_image_flow(
@@ -114,8 +103,9 @@ def realnvp_image_flow(
     References:
         Dinh, Sohl-Dickstein, Bengio. Density estimation using Real NVP. ICLR 2017.
     """
-    shape = _check_image_shape(image_shape)
     dtype = tf.as_dtype(dtype)
+    config = builder_config(realnvp_image_flow, locals())
+    shape = _check_image_shape(image_shape)
     name = name or "realnvp_image"
     if int(num_scales) < 1:
         raise ValueError(f"num_scales must be >= 1, got {num_scales}")
@@ -127,11 +117,6 @@ def realnvp_image_flow(
     if shape[0] % div or shape[1] % div:
         raise ValueError(f"image height and width must be divisible by 2 ** (num_scales - 1) = "
                          f"{div} for {num_scales} scales, got image shape {list(shape)}")
-    config = dict(builder="realnvp_image_flow", image_shape=list(shape), num_scales=num_scales,
-                  num_couplings_per_scale=num_couplings_per_scale,
-                  num_final_couplings=num_final_couplings, hidden_channels=hidden_channels,
-                  num_blocks=num_blocks, actnorm=actnorm, alpha=alpha, num_levels=num_levels,
-                  log_scale_clamp=log_scale_clamp, activation=activation, dtype=dtype.name)
     counter = itertools.count()
 
     def couplings(event_shape, kind: str, num: int) -> list:
@@ -140,7 +125,7 @@ def realnvp_image_flow(
             i = next(counter)
             b_shape = masks.Partition(m).b_shape
             net = nets.ResNet(hidden_channels, num_blocks, 2 * b_shape[-1], activation=activation,
-                              dtype=_policy(dtype), name=f"{name}_resnet_{i}")
+                              dtype=nets.conditioner_policy(dtype), name=f"{name}_resnet_{i}")
             if actnorm:
                 steps.append(ActNorm(event_shape, dtype=dtype, name=f"{name}_actnorm_{i}"))
             steps.append(AffineCoupling(m, net, log_scale_clamp=log_scale_clamp, dtype=dtype,
@@ -159,7 +144,8 @@ def realnvp_image_flow(
             *couplings(squeezed, "channel", int(num_couplings_per_scale)),
             FactorOut(squeezed, Chain(scale(kept, s + 1), name=f"{name}_scale_{s + 1}"),
                       num_kept=2 * c, dtype=dtype, name=f"{name}_factor_out_{s}"),
-            Squeeze(event_shape, dtype=dtype, name=f"{name}_unsqueeze_{s}"),
+            # The same Squeeze, not inverted: data -> latent it restores the shape (h, w, c).
+            Squeeze(event_shape, dtype=dtype, name=f"{name}_squeeze_{s}_undone"),
         ]
 
     steps = [LogitPreprocessing(shape, alpha=alpha, num_levels=num_levels, dtype=dtype,
@@ -168,35 +154,12 @@ def realnvp_image_flow(
                           dequantize=True, report_bits_per_dim=True, name=name)
 
 
-class _FlatMLP(keras.layers.Layer):
-    """An MLP conditioner on the kept entries of a flattened image, for flat masks.
+class _FlatMLP(nets.FlatMLP):
+    """:class:`tfp_coupling.nets.FlatMLP` under the class name its weights are saved by.
 
-    A mask over the flattened pixel index (NICE's odd/even split) varies over space, so the
-    coupling applies it multiplicatively and passes the whole masked image. This layer gathers
-    the ``D_a`` kept entries, runs ``MLP(hidden_units) -> num_params * D_b`` on them (the paper's
-    network size) and scatters each parameter back to the image shape (zeros on kept entries).
+    A ``.keras`` file finds the weights of each layer in ``FlowModel.flow_layers`` (a list) by
+    the layer's class name; flows saved before the class moved to ``nets`` name it this way.
     """
-
-    def __init__(self, mask, hidden_units, num_params: int, activation: str, **kwargs) -> None:
-        super().__init__(**kwargs)
-        keep = np.asarray(tf.get_static_value(tf.convert_to_tensor(mask)), bool)
-        self.image_shape = keep.shape
-        flat = keep.reshape(-1)
-        self.idx_a = np.flatnonzero(flat)
-        idx_b = np.flatnonzero(~flat)
-        self.merge_order = np.argsort(np.concatenate([self.idx_a, idx_b]))
-        self.num_params = int(num_params)
-        self.mlp = nets.MLP(hidden_units, [self.num_params * len(idx_b)], activation=activation,
-                            dtype=self.dtype_policy, name="mlp")
-
-    def call(self, inputs):
-        flat = tf.reshape(inputs, [-1, len(self.merge_order)])
-        out = self.mlp(tf.gather(flat, self.idx_a, axis=1))
-        zeros = tf.zeros([tf.shape(out)[0], len(self.idx_a)], out.dtype)
-        params = [tf.reshape(tf.gather(tf.concat([zeros, p], axis=1), self.merge_order, axis=1),
-                             [-1, *self.image_shape])
-                  for p in tf.split(out, self.num_params, axis=-1)]
-        return tf.concat(params, axis=-1)
 
 
 def _flat_image_flow(kind: str, image_shape, num_couplings, hidden_units, mask, alpha,
@@ -214,12 +177,12 @@ def _flat_image_flow(kind: str, image_shape, num_couplings, hidden_units, mask, 
         partition = masks.Partition(m)
         p = coupling_cls.num_params
         if partition.multiplicative:
-            net = _FlatMLP(m, hidden_units, p, activation, dtype=_policy(dtype),
+            net = _FlatMLP(m, hidden_units, p, activation, dtype=nets.conditioner_policy(dtype),
                            name=f"{name}_conditioner_{i}")
         else:  # the mask is the same at every pixel: the coupling splits channels itself
             b = partition.b_shape
             net = nets.MLP(hidden_units, (*b[:-1], p * b[-1]), activation=activation,
-                           dtype=_policy(dtype), name=f"{name}_conditioner_{i}")
+                           dtype=nets.conditioner_policy(dtype), name=f"{name}_conditioner_{i}")
         steps.append(coupling_cls(m, net, dtype=dtype, name=f"{name}_coupling_{i}", **kwargs))
     if rescale:
         steps.append(Rescaling(shape, dtype=dtype, name=f"{name}_rescaling"))
@@ -259,11 +222,8 @@ def nice_image_flow(
         TensorShape([3, 4, 4, 1])
     """
     dtype = tf.as_dtype(dtype)
+    config = builder_config(nice_image_flow, locals())
     name = name or "nice_image"
-    config = dict(builder="nice_image_flow", image_shape=[int(d) for d in image_shape],
-                  num_couplings=num_couplings, hidden_units=[int(u) for u in hidden_units],
-                  rescale=rescale, mask=mask, alpha=alpha, num_levels=num_levels,
-                  activation=activation, dtype=dtype.name)
     return _flat_image_flow("additive", image_shape, num_couplings, hidden_units, mask, alpha,
                             num_levels, activation, dtype, name, config, rescale=rescale)
 
@@ -294,85 +254,8 @@ def realnvp_flat_image_flow(
         2
     """
     dtype = tf.as_dtype(dtype)
+    config = builder_config(realnvp_flat_image_flow, locals())
     name = name or "realnvp_flat_image"
-    config = dict(builder="realnvp_flat_image_flow",
-                  image_shape=[int(d) for d in image_shape], num_couplings=num_couplings,
-                  hidden_units=[int(u) for u in hidden_units], mask=mask, alpha=alpha,
-                  num_levels=num_levels, log_scale_clamp=log_scale_clamp,
-                  activation=activation, dtype=dtype.name)
     return _flat_image_flow("affine", image_shape, num_couplings, hidden_units, mask, alpha,
                             num_levels, activation, dtype, name, config,
                             log_scale_clamp=log_scale_clamp)
-
-
-def bits_per_dim(model: FlowModel, x, batch_size: int = 500, seed: int = 0) -> float:
-    """Mean bits per dimension of integer pixels ``x``: ``-log p(x + u) / (D ln 2)``.
-
-    ``u ~ U[0, 1)^D`` is one draw of dequantisation noise per example (seeded), as in the
-    papers; with an image builder's model this is the figure they report. Evaluated in batches.
-
-    Example:
-        >>> import numpy as np
-        >>> import tfp_coupling as tc
-        >>> model = tc.nice_image_flow([4, 4, 1], hidden_units=[16])
-        >>> x = np.random.default_rng(0).integers(0, 256, (8, 4, 4, 1))
-        >>> 0 < tc.image_flows.bits_per_dim(model, x) < 20
-        True
-    """
-    x = np.asarray(x, dtype=model.flow_dtype.as_numpy_dtype)
-    if x.shape[0] == 0:
-        raise ValueError("bits_per_dim needs at least one example")
-    rng = np.random.default_rng(seed)
-    total = 0.0
-    for start in range(0, x.shape[0], int(batch_size)):
-        chunk = x[start:start + int(batch_size)]
-        chunk = chunk + rng.uniform(size=chunk.shape).astype(chunk.dtype)
-        total += float(tf.reduce_sum(-model.log_prob(chunk)))
-    return total / (x.shape[0] * model.event_size * math.log(2.0))
-
-
-def sample_grid(
-    model: FlowModel,
-    path: str,
-    rows: int = 8,
-    cols: int = 8,
-    temperature: float = 1.0,
-    seed: int = 0,
-    title: str | None = None,
-) -> np.ndarray:
-    """Draws ``rows * cols`` samples at ``temperature`` and saves them as one grid image.
-
-    Samples are clipped to ``[0, num_levels - 1]`` (the logit's ``alpha`` lets the flow reach
-    slightly beyond the pixel range) and shown in grey (one channel) or RGB. Uses matplotlib's
-    Agg backend. Returns the grid as a ``[rows * H, cols * W, C]`` array.
-
-    Example:
-        >>> import tfp_coupling as tc
-        >>> model = tc.nice_image_flow([4, 4, 1], hidden_units=[16])
-        >>> tc.image_flows.sample_grid(model, "/tmp/grid.png", rows=2, cols=3).shape
-        (8, 12, 1)
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if int(rows) < 1 or int(cols) < 1:
-        raise ValueError(f"rows and cols must be >= 1, got {rows} and {cols}")
-    levels = float((model.flow_config or {}).get("num_levels", 256))
-    x = np.asarray(model.sample(int(rows) * int(cols), temperature=temperature, seed=seed))
-    x = np.clip(x, 0.0, levels - 1.0) / (levels - 1.0)
-    h, w, c = x.shape[1:]
-    grid = x.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
-    fig, ax = plt.subplots(figsize=(cols * 0.6 + 0.4, rows * 0.6 + 0.6))
-    ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None, vmin=0, vmax=1)
-    ax.set_axis_off()
-    ax.set_title(title or f"{model.name}, T = {temperature:g}", fontsize=9)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return grid
-
-
-register_builder("realnvp_image_flow", realnvp_image_flow)
-register_builder("nice_image_flow", nice_image_flow)
-register_builder("realnvp_flat_image_flow", realnvp_flat_image_flow)

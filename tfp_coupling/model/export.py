@@ -33,7 +33,7 @@ complete, so a failed export leaves an earlier export at ``filepath`` intact. An
 
 Example:
     >>> import tempfile, numpy as np, tensorflow as tf, tfp_coupling as tc
-    >>> from tfp_coupling.export import export_flow
+    >>> from tfp_coupling.model.export import export_flow
     >>> model = tc.realnvp_flow(event_shape=[2], num_couplings=2, hidden_units=[8])
     >>> path = tempfile.mkdtemp() + "/flow"
     >>> export_flow(model, path)  # the same as model.export(path)
@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import uuid
 from typing import TYPE_CHECKING
 
@@ -57,13 +56,13 @@ import keras
 import tensorflow as tf
 
 from tfp_coupling import atomic
+from tfp_coupling.model.sampling import base_noise
 
 if TYPE_CHECKING:
-    from tfp_coupling.model import FlowModel
+    from tfp_coupling.model.flow_model import FlowModel
 
-__all__ = ["ENDPOINTS", "MAX_SAMPLE_VALUES", "check_export_target", "export_flow"]
+__all__ = ["MAX_SAMPLE_VALUES", "check_export_target", "export_flow"]
 
-ENDPOINTS = ("log_prob", "sample", "sample_with_options", "forward", "inverse")
 #: Most values one ``sample`` call may return (512 MiB of float32): a larger ``n`` is refused
 #: with a message rather than killed by the kernel for want of memory. Draw in batches.
 MAX_SAMPLE_VALUES = 2**27
@@ -101,17 +100,9 @@ def _draw_base(model: FlowModel, n, temperature, seed) -> tf.Tensor:
     with tf.control_dependencies(checks):
         n = tf.identity(n)
     shape = tf.concat([tf.reshape(n, [1]), tf.constant(model.event_shape, tf.int32)], axis=0)
-    if isinstance(seed, int):  # a Python default: decided when tracing
-        z = (tf.random.normal(shape, dtype=dtype) if seed < 0 else
-             tf.random.stateless_normal(shape, seed=[seed, 0], dtype=dtype))
-    else:
-        seed = tf.cast(seed, tf.int32)
-        z = tf.cond(
-            seed >= 0,
-            lambda: tf.random.stateless_normal(shape, seed=tf.stack([seed, 0]), dtype=dtype),
-            lambda: tf.random.normal(shape, dtype=dtype),
-        )
-    return z * temperature
+    if isinstance(seed, int) and seed < 0:  # the Python default: random, decided when tracing
+        seed = None
+    return base_noise(shape, dtype, seed) * temperature
 
 
 def _build_archive(model: FlowModel) -> keras.export.ExportArchive:
@@ -201,11 +192,9 @@ def export_flow(model: FlowModel, filepath: str | os.PathLike, verbose: bool = F
     check_export_target(target, overwrite)
     parent = os.path.dirname(target)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(target)}{atomic.TEMP_MARKER}", dir=parent)
-    try:
-        os.chmod(tmp, atomic.default_folder_mode())  # mkdtemp's 0700 would hide it from others
+    with atomic.temporary_sibling_folder(target) as tmp:
         archive = _build_archive(model)
-        archive.write_out(tmp, verbose=verbose)
+        archive.write_out(os.fspath(tmp), verbose=verbose)
         atomic.fsync_tree(tmp)
         check_export_target(target, overwrite)  # it may have changed while the export ran
         old = None
@@ -222,6 +211,3 @@ def export_flow(model: FlowModel, filepath: str | os.PathLike, verbose: bool = F
         atomic.fsync_folder(parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if os.path.exists(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)

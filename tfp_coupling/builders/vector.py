@@ -1,25 +1,26 @@
-"""Flow builders: NICE and RealNVP stacks of alternating-mask couplings as ``FlowModel``s."""
+"""Vector flows: NICE and RealNVP stacks of alternating-mask couplings as ``FlowModel``s."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
+import numpy as np
 import tensorflow as tf
 
-from tfp_coupling import masks, nets
+from tfp_coupling import dequantization, masks, nets
 from tfp_coupling.bijectors import (
     AdditiveCoupling,
     AffineCoupling,
     Chain,
     Coupling,
+    LogScale,
     Rescaling,
     TriLAffine,
 )
-from tfp_coupling.model import FlowModel
+from tfp_coupling.model.flow_model import FlowModel
+from tfp_coupling.model.registry import builder_config
 
-__all__ = ["get_builder", "mask_sequence", "nice_flow", "realnvp_flow"]
-
-MASK_KINDS = ("half", "alternating", "checkerboard", "channel")
+__all__ = ["initialize_rescaling", "mask_sequence", "nice_flow", "realnvp_flow"]
 
 
 def mask_sequence(event_shape: Sequence[int], num: int, kind: str | None = None) -> list[tf.Tensor]:
@@ -60,7 +61,7 @@ def _coupling_stack(
 ) -> list[Coupling]:
     if int(num_couplings) < 1:
         raise ValueError(f"num_couplings must be >= 1, got {num_couplings}")
-    policy = dtype.name if dtype == tf.float64 else None  # None: the global (mixed) policy
+    policy = nets.conditioner_policy(dtype)
     stack = []
     for i, m in enumerate(mask_sequence(event_shape, num_couplings, mask)):
         b_shape = masks.Partition(m).b_shape
@@ -105,11 +106,8 @@ def nice_flow(
         5
     """
     dtype = tf.as_dtype(dtype)
+    config = builder_config(nice_flow, locals())
     name = name or "nice"
-    config = dict(builder="nice_flow", event_shape=list(event_shape),
-                  num_couplings=num_couplings, hidden_units=list(hidden_units), rescale=rescale,
-                  mask=mask, activation=activation, zero_init=zero_init, whiten=whiten,
-                  dtype=dtype.name)
     steps: list = _coupling_stack(AdditiveCoupling, event_shape, num_couplings, hidden_units,
                                   mask, activation, dtype, name, zero_init=zero_init)
     if rescale:
@@ -154,11 +152,8 @@ def realnvp_flow(
         TensorShape([8])
     """
     dtype = tf.as_dtype(dtype)
+    config = builder_config(realnvp_flow, locals())
     name = name or "realnvp"
-    config = dict(builder="realnvp_flow", event_shape=list(event_shape),
-                  num_couplings=num_couplings, hidden_units=list(hidden_units), mask=mask,
-                  log_scale_clamp=log_scale_clamp, activation=activation, whiten=whiten,
-                  dtype=dtype.name)
     steps = _whitening(event_shape, whiten, dtype, name) + _coupling_stack(
         AffineCoupling, event_shape, num_couplings, hidden_units, mask, activation, dtype, name,
         log_scale_clamp=log_scale_clamp)
@@ -173,33 +168,33 @@ def _whitening(event_shape: Sequence[int], whiten: bool, dtype: tf.DType, name: 
     return [TriLAffine(int(event_shape[0]), dtype=dtype, name=f"{name}_whitening")]
 
 
-# Values of builder arguments added after flows were first saved: a config without the key was
-# written by a version that built the flow this way, and must rebuild the same layers to load.
-_CONFIG_BEFORE = {
-    "nice_flow": {"whiten": False, "zero_init": True},
-    "realnvp_flow": {"whiten": False},
-}
+def initialize_rescaling(model: FlowModel, x, *, bin_width: float | None = None,
+                         seed: int = 0) -> None:
+    """Starts NICE's scaling ``h = z * exp(s)`` at ``s = log std`` of the training data ``x``.
 
+    With zero-initialised couplings the untrained flow is then a diagonal Gaussian as wide as
+    the data in every dimension (a data-dependent start, as ActNorm's). On rescaled images a
+    blank background pixel needs ``s`` near ``log(1/256) = -5.5``: from ``s = 0`` Adam would
+    need thousands of steps to get there. For discrete data (``bin_width``: the width of one
+    quantisation bin in the model's units) ``x`` is dequantised with noise seeded by ``seed``
+    and the std is floored at one bin, so that a pixel blank in every training image is not so
+    certain that a test image with ink there costs thousands of nats. A model without exactly
+    one :class:`~tfp_coupling.LogScale` (one ``Rescaling``) is left unchanged.
 
-def config_with_defaults(builder: str, config: dict) -> dict:
-    """A saved builder config completed with the values of arguments it predates."""
-    return {**_CONFIG_BEFORE.get(builder, {}), **config}
-
-
-_BUILDERS: dict[str, Callable[..., FlowModel]] = {
-    "nice_flow": nice_flow,
-    "realnvp_flow": realnvp_flow,
-}
-
-
-def register_builder(name: str, builder: Callable[..., FlowModel]) -> None:
-    """Registers a builder so that ``.keras`` files of flows it made can be loaded."""
-    _BUILDERS[name] = builder
-
-
-def get_builder(name: str) -> Callable[..., FlowModel]:
-    """The builder registered under ``name`` (``"nice_flow"``, ``"realnvp_flow"``, ...)."""
-    try:
-        return _BUILDERS[name]
-    except KeyError:
-        raise ValueError(f"unknown flow builder {name!r}; known: {sorted(_BUILDERS)}") from None
+    Example:
+        >>> import numpy as np
+        >>> import tfp_coupling as tc
+        >>> model = tc.nice_flow([2], num_couplings=2, hidden_units=[8], zero_init=True)
+        >>> tc.initialize_rescaling(model, np.array([[0.0, 0.0], [2.0, 20.0]]))
+        >>> np.exp(model.flow_layers[-1].log_scale.numpy()).round(3).tolist()
+        [1.0, 10.0]
+    """
+    layers = [layer for layer in model.flow_layers if isinstance(layer, LogScale)]
+    if len(layers) != 1:
+        return
+    if bin_width is not None:
+        x = dequantization.dequantize(x, np.random.default_rng(seed), bin_width)
+    std = np.asarray(x, np.float64).reshape(len(x), -1).std(axis=0)
+    floor = bin_width if bin_width is not None else 1e-6  # at least one quantisation bin
+    layers[0].log_scale.assign(np.log(np.maximum(std, floor)).reshape(
+        layers[0].log_scale.shape).astype(np.float32))

@@ -1,0 +1,202 @@
+"""The four commands, up to the point where they need TensorFlow.
+
+Each checks its options, the run folder and (``train``) the data first, so that mistakes are
+reported at once; then it imports TensorFlow quietly and hands over to
+:mod:`tfp_coupling.cli.tasks` (imported only then: it imports TensorFlow).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import math
+import sys
+import time
+from pathlib import Path
+
+from tfp_coupling import data
+from tfp_coupling.cli.options import (
+    RUN_SETTINGS,
+    TABLE_DEFAULTS,
+    CLIError,
+    check_patience,
+    fill_defaults,
+    is_image_model,
+    new_config,
+    parse_hidden,
+)
+from tfp_coupling.cli.run_folder import RunFolder, check_export_out, load_run_data, prepare_out
+from tfp_coupling.data import DatasetInfo
+from tfp_coupling.errors import import_tensorflow_quietly
+
+__all__ = ["evaluate", "export", "sample", "train"]
+
+
+def _tasks():
+    """The commands' TensorFlow half, imported quietly once the options are checked."""
+    import_tensorflow_quietly()
+    from tfp_coupling.cli import tasks  # the dispatch's late import: it imports TensorFlow
+
+    return tasks
+
+
+# --------------------------------------------------------------------------------------------
+# train
+
+
+def train(args: argparse.Namespace) -> int:
+    start_wall = time.perf_counter()
+    if importlib.util.find_spec("matplotlib") is None:  # checked before hours of training
+        raise CLIError("train writes PNG plots and needs matplotlib: "
+                       "pip install 'tfp-coupling[plot]'")
+    given = fill_defaults(args)
+    if args.resume is not None:
+        run, config = _resumed_run(args, given)
+    else:
+        run, config = _new_run(args, given)
+    x_train, info = load_run_data(config, "train")
+    x_val, _ = load_run_data(config, "validation")
+    x_test, _ = load_run_data(config, "test")
+    if args.resume is not None:
+        run.reopen_for_training(config)
+    else:
+        run = RunFolder.create(run.path, config)
+    metrics = _tasks().train(run, config, info, x_train, x_val, x_test,
+                             verbose=0 if args.quiet else 1,
+                             remove_on_failure=args.resume is None)
+    metrics["wall_time_s"] = time.perf_counter() - start_wall
+    run.write_metrics(metrics)  # last: marks the run complete
+    bpd = metrics["test_bits_per_dim"]
+    print(f"run folder: {run}")
+    print(f"test NLL: {metrics['test_nll']:.4f} nats" +
+          (f" ({bpd:.4f} bits/dim)" if bpd is not None else "") +
+          f"; {len(metrics['history']['train_nll'])} epochs, wall time "
+          f"{metrics['wall_time_s']:.1f} s")
+    return 0
+
+
+def _resumed_run(args: argparse.Namespace, given: set[str]) -> tuple[RunFolder, dict]:
+    """The run ``--resume`` continues, and its config with the settings it may change."""
+    run = RunFolder.open(args.resume)
+    config = run.read_config()
+    if args.data_dir is not None:
+        args.data_dir = str(Path(args.data_dir).resolve())
+    if args.dataset.lower().endswith((".npy", ".csv")):
+        args.dataset = str(Path(args.dataset).expanduser().resolve())
+    changed = [k for k in RUN_SETTINGS if k in given and k != "hidden"
+               and config.get(k) != getattr(args, k)]
+    if "hidden" in given and parse_hidden(args.hidden) != config["hidden_units"]:
+        changed.append("hidden")
+    if changed:
+        raise CLIError(f"--resume continues {run} with its saved settings; it cannot change "
+                       f"{', '.join('--' + k.replace('_', '-') for k in changed)} "
+                       f"(start a new run instead)")
+    if run.is_complete:
+        if "epochs" not in given or args.epochs <= config["epochs"]:
+            raise CLIError(f"run {run} is already complete ({config['epochs']} epochs); "
+                           f"pass --epochs N > {config['epochs']} to train it further")
+    if "epochs" in given:
+        config["epochs"] = args.epochs
+    if "jit" in given:
+        config["jit"] = bool(args.jit)
+    if "patience" in given:
+        check_patience(args.patience)
+        config["patience"] = args.patience
+    return run, config
+
+
+def _new_run(args: argparse.Namespace, given: set[str]) -> tuple[RunFolder, dict]:
+    """The folder a new run will have (not created yet) and its config, data checked."""
+    config = new_config(args)
+    image_model = is_image_model(args.model)
+    _, info = data.load(args.dataset, "train", seed=args.seed, data_dir=args.data_dir,
+                        normalize=not image_model, with_info=True)
+    if info.kind == "image" and not image_model:
+        config["flatten"] = True
+    if info.kind != "image" and image_model:
+        raise CLIError(f"--model {args.model} needs an image dataset; {args.dataset!r} "
+                       f"holds vectors of shape {list(info.event_shape)}")
+    _check_vectors(info, args.dataset, image_model)
+    if info.kind == "tabular":
+        config["dataset"] = info.name  # the resolved path: resume/evaluate from anywhere
+        config.update({k: v for k, v in TABLE_DEFAULTS.items() if k not in given})
+    config["event_size"] = info.event_size
+    config["image_shape"] = list(info.event_shape) if info.kind == "image" else None
+    config["data"] = info.to_json()
+    out = Path(args.out)
+    prepare_out(out)
+    name = args.name or _unique_name(
+        out, f"{args.model}-{_dataset_label(args.dataset)}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if "/" in name or name in ("", ".", ".."):
+        raise CLIError(f"--name must be a plain folder name, got {name!r}")
+    run = RunFolder(out / name)
+    if run.path.exists():
+        state = "complete" if run.is_complete else "unfinished"
+        raise CLIError(f"run folder {run} already exists ({state}); choose another --name "
+                       f"or continue it with --resume {run}")
+    return run, config
+
+
+def _check_vectors(info: DatasetInfo, dataset: str, image_model: bool) -> None:
+    """Refuses data a coupling flow cannot model; notes integer-valued table columns."""
+    if not image_model and info.event_size < 2:
+        raise CLIError(f"{dataset}: examples have {info.event_size} value(s); a coupling flow "
+                       f"needs at least 2 (it transforms one part of each example given the "
+                       f"other)")
+    if info.integer_columns:
+        columns = ", ".join(str(c + 1) for c in info.integer_columns)
+        print(f"tfp-coupling: note: column(s) {columns} of {dataset} hold whole numbers only; "
+              f"the flow treats them as continuous, so its NLL is a density there, not the "
+              f"probability of the integers (dequantise: add uniform noise in [0, 1) to those "
+              f"columns in the file)", file=sys.stderr)
+
+
+def _unique_name(out: Path, base: str) -> str:
+    name, i = base, 2
+    while (out / name).exists():
+        name, i = f"{base}-{i}", i + 1
+    return name
+
+
+def _dataset_label(dataset: str) -> str:
+    return Path(dataset).stem if dataset.lower().endswith((".npy", ".csv")) else dataset
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate / sample / export
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    run = RunFolder.open(args.run)
+    run.check_complete()
+    return _tasks().evaluate(run, args)
+
+
+def sample(args: argparse.Namespace) -> int:
+    run = RunFolder.open(args.run)
+    if args.n < 1:
+        raise CLIError(f"-n must be >= 1, got {args.n}")
+    if not (args.temperature > 0 and math.isfinite(args.temperature)):
+        raise CLIError(f"--temperature must be a finite number > 0, got {args.temperature}")
+    out = Path(args.out) if args.out else run.path / "samples.npy"
+    if out.suffix != ".npy":
+        raise CLIError(f"--out must end in .npy, got {out}")
+    if not out.parent.is_dir():
+        raise CLIError(f"output folder not found: {out.parent}")
+    if args.out and not args.overwrite:  # RUN/samples.* are the run's own, refreshed freely
+        existing = [p for p in (out, out.with_suffix(".png")) if p.exists()]
+        if existing:
+            raise CLIError(f"{existing[0]} already exists; pass --overwrite to replace "
+                           f"{' and '.join(str(p) for p in existing)}")
+    run.check_complete()
+    return _tasks().sample(run, args, out)
+
+
+def export(args: argparse.Namespace) -> int:
+    run = RunFolder.open(args.run)
+    # RUN/saved_model is the run's own export (train writes it): refreshing it loses nothing.
+    out = Path(args.out) if args.out else run.saved_model_path
+    overwrite = args.overwrite or not args.out
+    check_export_out(out, overwrite)  # before loading TensorFlow and the model
+    run.check_complete()
+    return _tasks().export(run, out, overwrite)

@@ -1,0 +1,136 @@
+"""The command line's settings: defaults, the models it trains, and checks of option values.
+
+No TensorFlow here: a bad option is reported before TensorFlow is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import math
+from pathlib import Path
+from typing import Any
+
+from tfp_coupling import __version__
+
+__all__ = ["DEFAULTS", "IMAGE_MODELS", "VECTOR_MODELS", "CLIError", "new_config"]
+
+DEFAULTS: dict[str, Any] = {
+    "model": "realnvp",
+    "dataset": "two_moons",
+    "couplings": None,  # the model's default: DEFAULT_COUPLINGS
+    "hidden": None,  # the model's default: DEFAULT_HIDDEN
+    "epochs": None,  # the model's default: DEFAULT_EPOCHS
+    "batch_size": 256,
+    "lr": 1e-3,
+    "schedule": "cosine",
+    "clipnorm": 1.0,
+    "weight_decay": 0.0,
+    "patience": None,
+    "seed": 0,
+    "data_dir": None,
+    "mixed_precision": None,
+    "jit": False,
+}
+# Vector flows: the library's defaults (benchmarks/density_quality.py chose them).
+DEFAULT_COUPLINGS = {"nice": 4, "realnvp": 8, "nice-image": 4, "realnvp-image": 3}
+# realnvp-image: --hidden is the width (channels) of its ResNet conditioners.
+DEFAULT_HIDDEN = {"nice": "128,128", "realnvp": "64,64", "nice-image": "256,256",
+                  "realnvp-image": "32"}
+DEFAULT_EPOCHS = {"nice": 100, "realnvp": 100, "nice-image": 40, "realnvp-image": 40}
+# Tables are usually small (hundreds of rows): at lr 1e-3 a flow overfits within a few epochs and
+# single validation rows reach huge NLLs; these won on the benchmark's tables.
+TABLE_DEFAULTS = {"lr": 1e-4, "batch_size": 64, "epochs": 300}
+# The learning rate rises linearly over the first WARMUP_EPOCHS (at most a tenth of the run):
+# at full rate from the first step a new flow's first epochs are its least stable.
+WARMUP_EPOCHS = 5
+# Settings that define a run: --resume refuses to change them.
+RUN_SETTINGS = ("model", "dataset", "couplings", "hidden", "batch_size", "lr", "schedule",
+                "clipnorm", "weight_decay", "seed", "data_dir", "mixed_precision")
+MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
+
+# Vector flows see flattened examples in model units.
+VECTOR_MODELS = {"nice": "NICE: additive couplings + diagonal rescaling",
+                 "realnvp": "RealNVP: affine couplings"}
+# Image flows (by builder name) see pixel values in [0, 256) and dequantise them themselves.
+IMAGE_MODELS = {"realnvp-image": "realnvp_image_flow", "nice-image": "nice_image_flow"}
+
+
+class CLIError(Exception):
+    """A user-facing error: printed as one line on stderr, exit status 1."""
+
+
+def is_image_model(model: str) -> bool:
+    """Whether ``--model`` names an image flow, which takes pixel images as they are."""
+    return model in IMAGE_MODELS
+
+
+def parse_hidden(text: str) -> list[int]:
+    parts = [u.strip() for u in str(text).split(",")]
+    # Every part must be a number: "8,,8" is a typo, not [8, 8].
+    units = [int(u) for u in parts] if all(u.isdigit() for u in parts) else []
+    if not units or any(u < 1 for u in units):
+        raise CLIError(f"--hidden must be comma-separated positive integers like 64,64; got "
+                       f"{text!r}")
+    return units
+
+
+def check_patience(patience: int | None) -> None:
+    if patience is not None and patience < 1:
+        raise CLIError(f"--patience must be >= 1 (epochs without a better validation NLL), got "
+                       f"{patience}")
+
+
+def fill_defaults(args: argparse.Namespace) -> set[str]:
+    """Sets the options the user left out to their defaults; returns those the user gave."""
+    given = {k for k in DEFAULTS if getattr(args, k) is not None}
+    for k, v in DEFAULTS.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.hidden is None:
+        args.hidden = DEFAULT_HIDDEN.get(args.model, "128,128")
+    if args.epochs is None:
+        args.epochs = DEFAULT_EPOCHS.get(args.model, 100)
+    return given
+
+
+def new_config(args: argparse.Namespace) -> dict:
+    """A new run's ``config.json`` from checked options (data fields are added by ``train``)."""
+    if args.model not in (*VECTOR_MODELS, *IMAGE_MODELS):
+        raise CLIError(f"unknown model {args.model!r}; choose from "
+                       f"{', '.join([*VECTOR_MODELS, *IMAGE_MODELS])}")
+    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise CLIError(f"{flag} must be >= 1, got {value}")
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        raise CLIError(f"--lr must be a positive number, got {args.lr}")
+    if not (args.clipnorm >= 0 and math.isfinite(args.clipnorm)):
+        raise CLIError(f"--clipnorm must be >= 0 (0: no clipping), got {args.clipnorm}")
+    if args.couplings is not None and args.couplings < 1:
+        raise CLIError(f"--couplings must be >= 1, got {args.couplings}")
+    if not (args.weight_decay >= 0 and math.isfinite(args.weight_decay)):
+        raise CLIError(f"--weight-decay must be >= 0, got {args.weight_decay}")
+    check_patience(args.patience)
+    hidden = parse_hidden(args.hidden)
+    return {
+        "format": 1,
+        "model": args.model,
+        "dataset": args.dataset,
+        "data_dir": None if args.data_dir is None else str(Path(args.data_dir).resolve()),
+        "couplings": args.couplings or DEFAULT_COUPLINGS.get(args.model, 4),
+        "hidden_units": hidden,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "schedule": args.schedule,
+        "warmup_epochs": WARMUP_EPOCHS if args.schedule == "cosine" else 0,
+        "clipnorm": args.clipnorm,
+        "weight_decay": args.weight_decay,
+        "patience": args.patience,
+        "seed": args.seed,
+        "jit": bool(args.jit),
+        "mixed_precision": args.mixed_precision,
+        # Keras' version from its package metadata: importing Keras imports TensorFlow.
+        "versions": {"tfp_coupling": __version__,
+                     "keras": importlib.metadata.version("keras")},
+    }
