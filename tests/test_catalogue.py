@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 from tfp_coupling import cli, data
+from tfp_coupling.cli import commands
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--couplings", "2", "--hidden", "8", "--quiet"]
@@ -217,7 +218,7 @@ def test_an_unexpected_error_is_one_line_that_says_how_to_see_more(files, capsys
     def bug(args):
         raise KeyError("oops")
 
-    monkeypatch.setattr(cli, "_cmd_evaluate", bug)  # build_parser binds it when main runs
+    monkeypatch.setattr(commands, "evaluate", bug)  # build_parser binds it when main runs
     assert cli.main(["evaluate", str(files["run"])]) == 1
     _check_stderr(capsys.readouterr().err,
                   "unexpected KeyError: 'oops' (please report it; set TFP_COUPLING_TRACEBACK=1 "

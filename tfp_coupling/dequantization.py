@@ -15,7 +15,7 @@ Example:
     >>> import numpy as np
     >>> from tfp_coupling import dequantization
     >>> x = dequantization.dequantize(np.zeros((2, 3)), np.random.default_rng(0))
-    >>> bool(((0 <= x) & (x < 1)).all()), dequantization.bits_per_dim(784 * np.log(256), 784)
+    >>> bool(((0 <= x) & (x < 1)).all()), float(dequantization.bits_per_dim(784 * np.log(256), 784))
     (True, 8.0)
 """
 

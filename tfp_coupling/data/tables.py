@@ -21,7 +21,7 @@ def read_table(path: Path) -> np.ndarray:
     Example:
         >>> import numpy as np, tempfile, pathlib
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "t.csv"
-        >>> _ = path.write_text("a,b\n1,2\n\n3,4.5\n")
+        >>> _ = path.write_text("a,b\\n1,2\\n\\n3,4.5\\n")
         >>> read_table(path).tolist()
         [[1.0, 2.0], [3.0, 4.5]]
     """
