@@ -494,7 +494,10 @@ class FlowModel(keras.Model):
             z = tf.random.normal(shape, dtype=self.flow_dtype)
         else:
             z = tf.random.stateless_normal(shape, seed=[int(seed), 0], dtype=self.flow_dtype)
-        z = z * tf.cast(temperature, self.flow_dtype)
+        # A Python number goes straight to the flow dtype (tf.cast would round it to float32).
+        temperature = (tf.cast(temperature, self.flow_dtype) if tf.is_tensor(temperature)
+                       else tf.constant(temperature, self.flow_dtype))
+        z = z * temperature
         return fused.forward_and_log_det(self.bijector, z, len(self.event_shape))[0]
 
     def forward(self, z) -> tf.Tensor:
