@@ -22,7 +22,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 from tensorflow_probability.python.bijectors import chain as _chain
 
-from tfp_coupling.bijectors.base import FlowBijector
+from tfp_coupling.bijectors.base import Chain, FlowBijector
 from tfp_coupling.bijectors.coupling import Coupling
 
 tfb = tfp.bijectors
@@ -56,7 +56,7 @@ def collect_keras_layers(bijector: tfb.Bijector) -> list:
 
 
 def _leaves(bijector: tfb.Bijector):
-    if isinstance(bijector, _chain._Chain):
+    if isinstance(bijector, _chain._Chain | Chain):
         for b in bijector.bijectors:
             yield from _leaves(b)
     elif isinstance(bijector, tfb.Invert):
@@ -66,7 +66,7 @@ def _leaves(bijector: tfb.Bijector):
 
 
 def _walk(bijector, x, event_ndims: int, forward: bool):
-    if isinstance(bijector, _chain._Chain):
+    if isinstance(bijector, _chain._Chain | Chain):
         links = list(reversed(bijector.bijectors) if forward else bijector.bijectors)
         ldjs = []
         i = 0

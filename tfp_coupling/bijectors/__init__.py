@@ -9,7 +9,7 @@ from tfp_coupling.bijectors.actnorm import (
     initialize_actnorm,
     initialize_from_data,
 )
-from tfp_coupling.bijectors.base import Chain, FlowBijector, UncachedBijectorCache
+from tfp_coupling.bijectors.base import Chain, FlowBijector, GraphMemoCache
 from tfp_coupling.bijectors.coupling import AdditiveCoupling, AffineCoupling, Coupling
 from tfp_coupling.bijectors.factor_out import FactorOut
 from tfp_coupling.bijectors.linear import TriLAffine, TriLAffineParams
@@ -27,13 +27,13 @@ __all__ = [
     "DataInitializedParams",
     "FactorOut",
     "FlowBijector",
+    "GraphMemoCache",
     "LogScale",
     "LogitPreprocessing",
     "Rescaling",
     "Squeeze",
     "TriLAffine",
     "TriLAffineParams",
-    "UncachedBijectorCache",
     "actnorm_layers",
     "data_initialized_layers",
     "initialize_actnorm",

@@ -64,6 +64,11 @@ class Coupling(FlowBijector):
                             f"{type(conditioner).__name__}")
         self.partition = Partition(mask)
         self.conditioner = conditioner
+        if _is_keras_layer(conditioner) and not conditioner.built:
+            # Create the conditioner's weights now, so that trainable_variables lists them
+            # before the first call (a plain TF training loop reads them first).
+            with tf.init_scope():
+                conditioner(tf.zeros([1, *self.partition.a_shape], tf.as_dtype(dtype)))
         super().__init__(
             event_shape=self.partition.event_shape,
             dtype=dtype,
