@@ -10,7 +10,13 @@ from tfp_coupling.bijectors.actnorm import (
     initialize_from_data,
 )
 from tfp_coupling.bijectors.base import Chain, FlowBijector, GraphMemoCache
-from tfp_coupling.bijectors.coupling import AdditiveCoupling, AffineCoupling, Coupling
+from tfp_coupling.bijectors.coupling import (
+    AdditiveCoupling,
+    AffineCoupling,
+    Coupling,
+    TransformCoupling,
+    rational_quadratic_spline,
+)
 from tfp_coupling.bijectors.factor_out import FactorOut
 from tfp_coupling.bijectors.linear import TriLAffine, TriLAffineParams
 from tfp_coupling.bijectors.logit import LogitPreprocessing
@@ -32,10 +38,12 @@ __all__ = [
     "LogitPreprocessing",
     "Rescaling",
     "Squeeze",
+    "TransformCoupling",
     "TriLAffine",
     "TriLAffineParams",
     "actnorm_layers",
     "data_initialized_layers",
     "initialize_actnorm",
     "initialize_from_data",
+    "rational_quadratic_spline",
 ]
