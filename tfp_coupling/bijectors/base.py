@@ -46,41 +46,53 @@ class GraphMemoCache(cache_util.BijectorCache):
         # checkpoint tracking, and _TF_MODULE_IGNORED_PROPERTIES hides it from variable walks.
         return self.bijector.__dict__.setdefault("_graph_memo", {})
 
-    def _hit(self, input, fn_name):  # noqa: A002 (TFP's argument name)
+    def _hit(self, input, fn_name, kwargs):  # noqa: A002 (TFP's argument name)
         entry = self._memo().get(fn_name)
-        if entry is not None and entry[0]() is input:
+        if (entry is not None and entry[0]() is input and entry[3].keys() == kwargs.keys()
+                and all(ref() is kwargs[k] for k, ref in entry[3].items())):
             return entry
         return None
 
     def _lookup(self, input, forward_name, inverse_name, **kwargs):  # noqa: A002
         bijector = self.bijector
-        if kwargs or tf.executing_eagerly():
+        kwarg_refs = _weak_refs(kwargs)
+        if kwarg_refs is None or tf.executing_eagerly():
             return getattr(bijector, forward_name)(input, **kwargs)
-        hit = self._hit(input, forward_name)
+        hit = self._hit(input, forward_name, kwargs)
         if hit is not None:
             return hit[1]
         attrs = {}
         if isinstance(bijector, FlowBijector):
             forward = forward_name == "_forward"
             if forward:
-                output, fldj = bijector._forward_and_log_det(bijector._check_input(input, "x"))
+                output, fldj = bijector._forward_and_log_det(bijector._check_input(input, "x"),
+                                                             **kwargs)
                 attrs["ildj"] = -fldj
             else:
                 output, attrs["ildj"] = bijector._inverse_and_log_det(
-                    bijector._check_input(input, "y"))
+                    bijector._check_input(input, "y"), **kwargs)
         else:
-            output = getattr(bijector, forward_name)(input)
+            output = getattr(bijector, forward_name)(input, **kwargs)
         # Attributes are shared by both directions, as in TFP: ildj(y) = -fldj(inverse(y)).
         memo = self._memo()
-        memo[forward_name] = (weakref.ref(input), output, attrs)
-        memo[inverse_name] = (weakref.ref(output), input, attrs)
+        memo[forward_name] = (weakref.ref(input), output, attrs, kwarg_refs)
+        memo[inverse_name] = (weakref.ref(output), input, attrs, kwarg_refs)
         return output
 
     def _attributes(self, input, fn_name, **kwargs):  # noqa: A002
-        if kwargs or tf.executing_eagerly():
+        if tf.executing_eagerly() or _weak_refs(kwargs) is None:
             return {}
-        hit = self._hit(input, fn_name)
+        hit = self._hit(input, fn_name, kwargs)
         return hit[2] if hit is not None else {}
+
+
+def _weak_refs(kwargs: dict) -> dict | None:
+    """Weak references to keyword arguments (a context tensor), or None if one cannot have
+    one (a Python list): such a call is not memoised."""
+    try:
+        return {k: weakref.ref(v) for k, v in kwargs.items()}
+    except TypeError:
+        return None
 
 
 class FlowBijector(tfb.Bijector):
@@ -220,29 +232,37 @@ class FlowBijector(tfb.Bijector):
         return super().inverse_log_det_jacobian(self._check_dtype(y, "y"), event_ndims,
                                                 name=name, **kwargs)
 
-    def forward_and_log_det(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """``(forward(x), forward_log_det_jacobian(x))`` with one evaluation of the transform."""
+    @property
+    def is_conditional(self) -> bool:
+        """Whether calls take a ``context=`` keyword (conditional couplings)."""
+        return False
+
+    def forward_and_log_det(self, x: tf.Tensor, **kwargs) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(forward(x), forward_log_det_jacobian(x))`` with one evaluation of the transform.
+
+        ``kwargs``: ``context=`` for a conditional bijector.
+        """
         with tf.name_scope(self.name):
             x = self._check_input(x, "x")
-            return self._forward_and_log_det(x)
+            return self._forward_and_log_det(x, **kwargs)
 
-    def inverse_and_log_det(self, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def inverse_and_log_det(self, y: tf.Tensor, **kwargs) -> tuple[tf.Tensor, tf.Tensor]:
         """``(inverse(y), inverse_log_det_jacobian(y))`` with one evaluation of the transform."""
         with tf.name_scope(self.name):
             y = self._check_input(y, "y")
-            return self._inverse_and_log_det(y)
+            return self._inverse_and_log_det(y, **kwargs)
 
-    def _forward(self, x):
-        return self._forward_and_log_det(self._check_input(x, "x"))[0]
+    def _forward(self, x, **kwargs):
+        return self._forward_and_log_det(self._check_input(x, "x"), **kwargs)[0]
 
-    def _inverse(self, y):
-        return self._inverse_and_log_det(self._check_input(y, "y"))[0]
+    def _inverse(self, y, **kwargs):
+        return self._inverse_and_log_det(self._check_input(y, "y"), **kwargs)[0]
 
-    def _forward_log_det_jacobian(self, x):
-        return self._forward_and_log_det(self._check_input(x, "x"))[1]
+    def _forward_log_det_jacobian(self, x, **kwargs):
+        return self._forward_and_log_det(self._check_input(x, "x"), **kwargs)[1]
 
-    def _inverse_log_det_jacobian(self, y):
-        return self._inverse_and_log_det(self._check_input(y, "y"))[1]
+    def _inverse_log_det_jacobian(self, y, **kwargs):
+        return self._inverse_and_log_det(self._check_input(y, "y"), **kwargs)[1]
 
     def _check_dtype(self, x, what: str) -> tf.Tensor:
         """``x`` as a tensor of the flow dtype; ``TypeError`` for a tensor of another dtype."""
@@ -373,12 +393,25 @@ class Chain(tfb.Composition):
                 name=name,
             )
 
+    @property
+    def is_conditional(self) -> bool:
+        """Whether some link takes a ``context`` (which the chain hands to all such links)."""
+        return any(getattr(b, "is_conditional", False) for b in self._bijectors)
+
+    def _link_kwargs(self, bijector, kwargs: dict) -> dict:
+        """A link's keyword arguments: TFP's by-name ones, plus ``context`` for conditional
+        links (one context conditions the whole chain)."""
+        out = dict(kwargs.get(bijector.name, {}))
+        if "context" in kwargs and getattr(bijector, "is_conditional", False):
+            out.setdefault("context", kwargs["context"])
+        return out
+
     def _walk_forward(self, step_fn, x, **kwargs):
         for bijector in reversed(self._bijectors):
-            x = step_fn(bijector, x, **kwargs.get(bijector.name, {}))
+            x = step_fn(bijector, x, **self._link_kwargs(bijector, kwargs))
         return x
 
     def _walk_inverse(self, step_fn, y, **kwargs):
         for bijector in self._bijectors:
-            y = step_fn(bijector, y, **kwargs.get(bijector.name, {}))
+            y = step_fn(bijector, y, **self._link_kwargs(bijector, kwargs))
         return y
