@@ -45,6 +45,7 @@ Run (from the repository root)::
     python benchmarks/train_throughput.py --workload 784d --rounds 15
     python benchmarks/train_throughput.py --count-ops     # ops and matmuls per step, no timing
     python benchmarks/train_throughput.py --variants      # which part of the step costs what
+    python benchmarks/train_throughput.py --tfp-paths     # TFP's log_prob path vs the fused walk
     python benchmarks/train_throughput.py --profile /tmp/prof   # TensorBoard profiler traces
 
 ``--variants`` times stripped-down versions of the tfp-coupling RealNVP step (the Keras train
@@ -563,6 +564,54 @@ def variants(w, seed: int, xla: bool, rounds: int, budget_s: float) -> str:
     return "\n".join(lines)
 
 
+def tfp_paths(w, seed: int, xla: bool, rounds: int, budget_s: float) -> str:
+    """Training through TFP's generic path against the fused walk, on the same weights.
+
+    Every row is a ``GradientTape`` + Adam step on the same ``realnvp_flow`` weights; only the
+    log-density differs: ``model.log_prob`` (the fused walk), ``model.distribution.log_prob``,
+    a ``tfd.TransformedDistribution`` built by hand over the model's ``tc.Chain``, and the same
+    links in TFP's own ``tfb.Chain``.
+    """
+    x = tf.constant(np.random.default_rng(seed).normal(size=(w["batch"], w["dim"]))
+                    .astype("float32"))
+    model = tc_model("realnvp", w, seed)
+    base = tfd.Sample(tfd.Normal(0.0, 1.0), [w["dim"]])
+    paths = {
+        "model.log_prob (fused walk)": model.log_prob,
+        "model.distribution.log_prob": model.distribution.log_prob,
+        "TransformedDistribution(tc.Chain)": tfd.TransformedDistribution(
+            base, tc.Chain(list(model.bijector.bijectors))).log_prob,
+        "TransformedDistribution(tfb.Chain)": tfd.TransformedDistribution(
+            base, tfb.Chain(list(model.bijector.bijectors))).log_prob,
+    }
+    variables = model.distribution.trainable_variables
+    cs = []
+    for label, log_prob in paths.items():
+        opt = keras.optimizers.Adam(1e-4)
+        opt.build(variables)
+        step = tf.function(_adam_step(log_prob, variables, opt), jit_compile=xla,
+                           autograph=False)
+        cs.append(Contender(f"{label}{_x(xla)}", "train", _bind(step, x), w["batch"], xla))
+    warm_up(cs, 2)
+    alternate(cs, rounds, budget_s)
+    fused_row = cs[0]
+    lines = ["| training step through | ms / step | x fused walk (wall / CPU) |",
+             "| --- | ---: | ---: |"]
+    lines += [f"| {c.name} | {1e3 * statistics.median(c.times):.1f} | "
+              f"{paired_ratio(c.times, fused_row.times):.2f} / "
+              f"{paired_ratio(c.cpu_times, fused_row.cpu_times):.2f} |" for c in cs]
+    return "\n".join(lines)
+
+
+def _adam_step(log_prob, variables, opt):
+    def step(x):
+        with tf.GradientTape() as tape:
+            loss = -tf.reduce_mean(log_prob(x))
+        opt.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
+        return loss
+    return step
+
+
 def _nll_gradient(log_prob, variables):
     def grads(x):
         with tf.GradientTape() as tape:
@@ -588,6 +637,8 @@ def count_ops(w, seed: int) -> str:
     for label, kind in (("tc RealNVP", "realnvp"), ("tc NICE", "nice")):
         model = tc_model(kind, w, seed)
         fns[label] = (model.log_prob, model.trainable_variables)
+        fns[f"{label}, model.distribution.log_prob"] = (model.distribution.log_prob,
+                                                        model.distribution.trainable_variables)
     lines = ["| log_prob gradient | graph ops | of which MatMul | XLA dots | XLA top-level ops |",
              "| --- | ---: | ---: | ---: | ---: |"]
     for label, (log_prob, variables) in fns.items():
@@ -618,6 +669,9 @@ def main(argv=None) -> None:
                         help="also write a TensorBoard profiler trace of each training step")
     parser.add_argument("--variants", action="store_true",
                         help="time parts of the tfp-coupling step instead (profiling aid)")
+    parser.add_argument("--tfp-paths", action="store_true",
+                        help="time training through TFP's TransformedDistribution.log_prob "
+                             "against the fused walk instead")
     parser.add_argument("--count-ops", action="store_true",
                         help="count graph ops and XLA matrix products instead (no timing)")
     parser.add_argument("--seed", type=int, default=0)
@@ -642,6 +696,11 @@ def main(argv=None) -> None:
                  f"{list(w['hidden'])}, batch {w['batch']}")
         if args.count_ops:
             print(f"### work per log_prob gradient, {title}\n\n{count_ops(w, args.seed)}\n")
+            continue
+        if args.tfp_paths:
+            for xla in xla_modes:
+                print(f"### TFP paths, {title}{_x(xla)}\n")
+                print(tfp_paths(w, args.seed, xla, rounds, budget) + "\n", flush=True)
             continue
         if args.variants:
             for xla in xla_modes:

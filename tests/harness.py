@@ -74,7 +74,7 @@ Inputs = np.ndarray | tf.Tensor | Callable[[tuple[int, ...], np.random.Generator
 #: project's 1e-5 for both. Small float32 flows with moderate random weights meet it (measured
 #: round-trip and log-det errors <= 3e-6 for 3-coupling NICE/RealNVP at event sizes 2 to 64);
 #: deep float32 flows may need a larger, justified tolerance.
-_DEFAULT_ATOL = {tf.float64: 1e-5, tf.float32: 1e-5}
+_DEFAULT_ATOL = {tf.float64: 1e-10, tf.float32: 1e-5}
 
 
 def default_atol(dtype: tf.DType | str) -> float:
@@ -219,29 +219,33 @@ def _autodiff_log_det(fn: Callable[[tf.Tensor], tf.Tensor], x: tf.Tensor,
 
 
 def _evaluate(bijector, x: tf.Tensor, y: tf.Tensor, nd_in: int, nd_out: int,
-              compositions: bool = True) -> dict:
-    """Every quantity the checks compare, for inputs ``x`` (forward) and ``y`` (inverse)."""
+              compositions: bool = True, kw: dict | None = None) -> dict:
+    """Every quantity the checks compare, for inputs ``x`` (forward) and ``y`` (inverse).
+
+    ``kw`` (``{"context": c}`` for a conditional bijector) goes to every call.
+    """
+    kw = kw or {}
     out = {
-        "forward(x)": bijector.forward(x),
-        "inverse(y)": bijector.inverse(y),
-        "fldj(x)": bijector.forward_log_det_jacobian(x, event_ndims=nd_in),
-        "ildj(y)": bijector.inverse_log_det_jacobian(y, event_ndims=nd_out),
+        "forward(x)": bijector.forward(x, **kw),
+        "inverse(y)": bijector.inverse(y, **kw),
+        "fldj(x)": bijector.forward_log_det_jacobian(x, event_ndims=nd_in, **kw),
+        "ildj(y)": bijector.inverse_log_det_jacobian(y, event_ndims=nd_out, **kw),
     }
     if compositions:
         fwd, inv = out["forward(x)"], out["inverse(y)"]
         out.update({
-            "inverse(forward(x))": bijector.inverse(fwd),
-            "forward(inverse(y))": bijector.forward(inv),
-            "ildj(forward(x))": bijector.inverse_log_det_jacobian(fwd, event_ndims=nd_out),
-            "fldj(inverse(y))": bijector.forward_log_det_jacobian(inv, event_ndims=nd_in),
+            "inverse(forward(x))": bijector.inverse(fwd, **kw),
+            "forward(inverse(y))": bijector.forward(inv, **kw),
+            "ildj(forward(x))": bijector.inverse_log_det_jacobian(fwd, event_ndims=nd_out, **kw),
+            "fldj(inverse(y))": bijector.forward_log_det_jacobian(inv, event_ndims=nd_in, **kw),
         })
-    fy, fldj = fused.forward_and_log_det(bijector, x, nd_in)
-    ix, ildj = fused.inverse_and_log_det(bijector, y, nd_out)
+    fy, fldj = fused.forward_and_log_det(bijector, x, nd_in, **kw)
+    ix, ildj = fused.inverse_and_log_det(bijector, y, nd_out, **kw)
     out.update({"fused.forward_and_log_det(x)[0]": fy, "fused.forward_and_log_det(x)[1]": fldj,
                 "fused.inverse_and_log_det(y)[0]": ix, "fused.inverse_and_log_det(y)[1]": ildj})
     if isinstance(bijector, FlowBijector):
-        my, mldj = bijector.forward_and_log_det(x)
-        mx, mildj = bijector.inverse_and_log_det(y)
+        my, mldj = bijector.forward_and_log_det(x, **kw)
+        mx, mildj = bijector.inverse_and_log_det(y, **kw)
         out.update({"forward_and_log_det(x)[0]": my, "forward_and_log_det(x)[1]": mldj,
                     "inverse_and_log_det(y)[0]": mx, "inverse_and_log_det(y)[1]": mildj})
     return out
@@ -256,12 +260,13 @@ def check_bijector(
     event_shape: Sequence[int],
     dtype: tf.DType | str = tf.float64,
     batch_shapes: BatchShapes = ((), (3,), (2, 3)),
-    atol: float = 1e-5,
+    atol: float | None = None,
     inputs: Inputs | None = None,
     inverse_inputs: Inputs | None = None,
     check_xla: bool = False,
     graph_batch_shapes: BatchShapes | None = None,
     seed: int = 0,
+    context: np.ndarray | tf.Tensor | None = None,
 ) -> None:
     """Proves a bijector correct on ``event_shape`` (see the module docstring for the list).
 
@@ -282,11 +287,15 @@ def check_bijector(
             the last of ``batch_shapes`` (the most general one), traced with all batch
             dimensions dynamic (``None``).
         seed: seed of the input draws.
+        context: for a conditional bijector, a context ``[c]`` passed to every call (it
+            broadcasts over every batch shape).
 
     Raises:
         AssertionError: naming the failed check, the batch shape, the error and ``atol``.
     """
     dtype = tf.as_dtype(dtype)
+    kw = {} if context is None else {"context": tf.constant(context, dtype)}
+    atol = default_atol(dtype) if atol is None else atol
     event_in = tuple(int(d) for d in event_shape)
     event_out = tuple(int(d) for d in bijector.forward_event_shape(event_in))
     nd_in, nd_out = len(event_in), len(event_out)
@@ -310,14 +319,16 @@ def check_bijector(
         elif inputs is None:
             y = _draw(None, (*batch, *event_out), rng, dtype)
         else:
-            y = bijector.forward(_draw(inputs, (*batch, *event_in), rng, dtype))
+            y = bijector.forward(_draw(inputs, (*batch, *event_in), rng, dtype), **kw)
         cases.append((batch, x, y))
 
     # The autodiff reference, for all batch shapes at once (one Jacobian per direction).
     flat_x = tf.concat([tf.reshape(x, [-1, *event_in]) for _, x, _ in cases], axis=0)
     flat_y = tf.concat([tf.reshape(y, [-1, *event_out]) for _, _, y in cases], axis=0)
-    ad_f, sign_f = _autodiff_log_det(bijector.forward, flat_x, event_in, event_out)
-    ad_i, sign_i = _autodiff_log_det(bijector.inverse, flat_y, event_out, event_in)
+    ad_f, sign_f = _autodiff_log_det(lambda t: bijector.forward(t, **kw), flat_x, event_in,
+                                     event_out)
+    ad_i, sign_i = _autodiff_log_det(lambda t: bijector.inverse(t, **kw), flat_y, event_out,
+                                     event_in)
     if np.any(sign_f == 0) or np.any(sign_i == 0):
         raise AssertionError(f"{bijector.name}: singular Jacobian (slogdet sign 0)")
     offsets = np.cumsum([0] + [math.prod(batch) for batch, _, _ in cases])
@@ -325,7 +336,7 @@ def check_bijector(
     for i, (batch, x, y) in enumerate(cases):
         ctx = f"{bijector.name} (event {list(event_in)}, batch {list(batch)}, {dtype.name})"
         # Eager values, shapes and dtypes.
-        ref = _evaluate(bijector, x, y, nd_in, nd_out)
+        ref = _evaluate(bijector, x, y, nd_in, nd_out, kw=kw)
         for key in ("forward(x)", "forward(inverse(y))"):
             _assert_shape_dtype(key, ref[key], (*batch, *event_out), dtype, ctx)
         for key in ("inverse(y)", "inverse(forward(x))"):
@@ -364,7 +375,8 @@ def check_bijector(
         # Batch independence: example 0 alone gives the same values.
         if batch:
             first = (0,) * len(batch)
-            alone = _evaluate(bijector, x[first], y[first], nd_in, nd_out, compositions=False)
+            alone = _evaluate(bijector, x[first], y[first], nd_in, nd_out, compositions=False,
+                              kw=kw)
             for key in ("forward(x)", "inverse(y)", "fldj(x)", "ildj(y)"):
                 _assert_close(f"{key} of example 0 alone vs in the batch", alone[key],
                               ref[key].numpy()[first], atol, ctx)
@@ -374,7 +386,7 @@ def check_bijector(
             continue
 
         def fn(x_, y_):
-            return _evaluate(bijector, x_, y_, nd_in, nd_out, compositions=False)
+            return _evaluate(bijector, x_, y_, nd_in, nd_out, compositions=False, kw=kw)
 
         regimes = {}
         if batch in graph_batch_shapes:
@@ -411,6 +423,7 @@ def check_no_stale(
     fail.
     """
     dtype = tf.as_dtype(dtype)
+    atol = default_atol(dtype) if atol is None else atol
     event_in = tuple(int(d) for d in event_shape)
     event_out = tuple(int(d) for d in bijector.forward_event_shape(event_in))
     nd_in, nd_out = len(event_in), len(event_out)

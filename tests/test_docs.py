@@ -35,14 +35,14 @@ def test_doctests(name):
     assert result.failed == 0, f"{result.failed} of {result.attempted} doctest(s) failed in {name}"
 
 
-def readme_python_block(heading: str) -> str:
-    """The first ```python block after the markdown heading ``heading``."""
+def readme_python_block(heading: str, index: int = 0) -> str:
+    """The ``index``-th ```python block after the markdown heading ``heading``."""
     text = README.read_text(encoding="utf-8")
     match = re.search(rf"^#+ {re.escape(heading)}\s*$", text, flags=re.MULTILINE)
     assert match, f"README.md has no heading {heading!r}"
-    block = re.search(r"```python\n(.*?)```", text[match.end():], flags=re.DOTALL)
-    assert block, f"README.md has no python block after {heading!r}"
-    return block.group(1)
+    blocks = re.findall(r"```python\n(.*?)```", text[match.end():], flags=re.DOTALL)
+    assert len(blocks) > index, f"README.md has no python block {index} after {heading!r}"
+    return blocks[index]
 
 
 def test_readme_plain_tfp_example_runs():
@@ -57,6 +57,23 @@ def test_readme_plain_tfp_example_runs():
     assert log_p.shape == (8,) and np.isfinite(log_p).all()
     np.testing.assert_allclose(flow.inverse(flow.forward(x)).numpy(), x.numpy(), atol=1e-5)
     assert out.getvalue().strip(), "the example prints log_prob and the ildj"
+
+
+def test_readme_plain_tf_training_step_moves_every_weight():
+    namespace: dict = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(readme_python_block("The bijectors with plain TFP"), str(README), "exec"),
+             namespace)
+    variables = namespace["dist"].trainable_variables
+    assert len(variables) == 1 + 6  # the rescaling's scale; the MLP's 3 kernels and biases
+    before = [v.numpy().copy() for v in variables]
+    exec(compile(readme_python_block("The bijectors with plain TFP", 1), str(README), "exec"),
+         namespace)
+    assert all(g is not None for g in namespace["grads"])
+    # The MLP's output layer starts at zero (so hidden layers get zero gradient at step one);
+    # the output layer and the scale move.
+    moved = [not np.array_equal(b, v.numpy()) for b, v in zip(before, variables, strict=True)]
+    assert sum(moved) >= 3, moved
 
 
 @pytest.mark.parametrize("path", sorted((README.parent / "examples").glob("*.py")),

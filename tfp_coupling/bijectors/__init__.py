@@ -9,8 +9,14 @@ from tfp_coupling.bijectors.actnorm import (
     initialize_actnorm,
     initialize_from_data,
 )
-from tfp_coupling.bijectors.base import Chain, FlowBijector, UncachedBijectorCache
-from tfp_coupling.bijectors.coupling import AdditiveCoupling, AffineCoupling, Coupling
+from tfp_coupling.bijectors.base import Chain, FlowBijector, GraphMemoCache
+from tfp_coupling.bijectors.coupling import (
+    AdditiveCoupling,
+    AffineCoupling,
+    Coupling,
+    TransformCoupling,
+    rational_quadratic_spline,
+)
 from tfp_coupling.bijectors.linear import TriLAffine, TriLAffineParams
 from tfp_coupling.bijectors.logit import LogitPreprocessing
 from tfp_coupling.bijectors.rescaling import LogScale, Rescaling
@@ -25,15 +31,17 @@ __all__ = [
     "Coupling",
     "DataInitializedParams",
     "FlowBijector",
+    "GraphMemoCache",
     "LogScale",
     "LogitPreprocessing",
     "Rescaling",
     "Squeeze",
+    "TransformCoupling",
     "TriLAffine",
     "TriLAffineParams",
-    "UncachedBijectorCache",
     "actnorm_layers",
     "data_initialized_layers",
     "initialize_actnorm",
     "initialize_from_data",
+    "rational_quadratic_spline",
 ]

@@ -150,6 +150,8 @@ class ActNorm(FlowBijector):
             raise ValueError(f"params has {params.num_channels} channels, event shape {shape} "
                              f"has {shape[-1]}")
         self.params = params
+        # copy(), == and parameters then refer to these weights, not to fresh ones.
+        parameters["params"] = params
         self._positions = math.prod(shape[:-1])
         super().__init__(
             event_shape=shape, dtype=dtype, is_constant_jacobian=True,

@@ -1,16 +1,18 @@
-"""What every tfp-coupling bijector shares: no result caching, fused calls, input checks.
+"""What every tfp-coupling bijector shares: safe caching, fused calls, input checks.
 
-**Why no caching.** TFP caches ``forward``/``inverse`` results keyed on the input tensor. That is
-right for bijectors without weights, and wrong for ours: a conditioner's weights change under
-``fit``, ``assign`` or weight loading, and a cached eager result would then be stale. Caching also
-hands back the *original* tensor for ``inverse(forward(x))``, which has no gradient path to the
-weights. :class:`FlowBijector` therefore computes every call afresh; the cost of TFP's
-``inverse`` + ``inverse_log_det_jacobian`` pair is avoided instead by the fused
-``forward_and_log_det`` / ``inverse_and_log_det`` methods, which evaluate a conditioner once.
+**Caching.** TFP caches ``forward``/``inverse`` results keyed on the input tensor. That is right
+for bijectors without weights, and wrong for ours in eager mode: a conditioner's weights change
+under ``fit``, ``assign`` or weight loading, and a cached eager result would then be stale.
+:class:`GraphMemoCache` therefore caches nothing eagerly, and inside a graph (where a result
+reads the weights when it runs) remembers each bijector's last call, so that TFP's
+``log_prob`` (``inverse`` and then a log-det at the same point) runs every conditioner once.
+The fused ``forward_and_log_det`` / ``inverse_and_log_det`` methods give both results from one
+pass in any mode.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
 import tensorflow as tf
@@ -19,17 +21,78 @@ from tensorflow_probability.python.internal import cache_util
 
 tfb = tfp.bijectors
 
-__all__ = ["Chain", "FlowBijector", "UncachedBijectorCache", "check_event_shape"]
+__all__ = ["Chain", "FlowBijector", "GraphMemoCache", "check_event_shape"]
 
 
-class UncachedBijectorCache(cache_util.BijectorCache):
-    """A TFP bijector cache that stores nothing: every lookup calls the bijector again."""
+class GraphMemoCache(cache_util.BijectorCache):
+    """TFP's bijector cache, restricted to what is safe with weights that change.
+
+    **Eagerly, nothing is cached**: every call computes afresh, so a weight change (``fit``,
+    ``assign``, loading) is always seen, even for the same input tensor.
+
+    **Inside a graph** (``tf.function``, XLA), each bijector remembers its last call per
+    direction, keyed by the identity of the symbolic input tensor, together with the log-det
+    computed in the same pass (for a :class:`FlowBijector`, one conditioner call gives both).
+    TFP's ``TransformedDistribution.log_prob`` asks for ``inverse(y)`` and then for the log-det
+    at the same ``y`` (or, through ``experimental_compute_density_correction``, at the
+    resulting ``x``); those later requests are answered from the memo, so a coupling's
+    conditioner runs once per ``log_prob``, as in the fused walk of ``FlowModel.log_prob``. A
+    symbolic result reads the weights when the graph runs, so it cannot be stale. Calls with
+    extra keyword arguments are never memoised.
+    """
+
+    def _memo(self) -> dict:
+        # Held in the instance dict directly: tf.Module's __setattr__ would wrap it for
+        # checkpoint tracking, and _TF_MODULE_IGNORED_PROPERTIES hides it from variable walks.
+        return self.bijector.__dict__.setdefault("_graph_memo", {})
+
+    def _hit(self, input, fn_name, kwargs):  # noqa: A002 (TFP's argument name)
+        entry = self._memo().get(fn_name)
+        if (entry is not None and entry[0]() is input and entry[3].keys() == kwargs.keys()
+                and all(ref() is kwargs[k] for k, ref in entry[3].items())):
+            return entry
+        return None
 
     def _lookup(self, input, forward_name, inverse_name, **kwargs):  # noqa: A002
-        return getattr(self.bijector, forward_name)(input, **kwargs)
+        bijector = self.bijector
+        kwarg_refs = _weak_refs(kwargs)
+        if kwarg_refs is None or tf.executing_eagerly():
+            return getattr(bijector, forward_name)(input, **kwargs)
+        hit = self._hit(input, forward_name, kwargs)
+        if hit is not None:
+            return hit[1]
+        attrs = {}
+        if isinstance(bijector, FlowBijector):
+            forward = forward_name == "_forward"
+            if forward:
+                output, fldj = bijector._forward_and_log_det(bijector._check_input(input, "x"),
+                                                             **kwargs)
+                attrs["ildj"] = -fldj
+            else:
+                output, attrs["ildj"] = bijector._inverse_and_log_det(
+                    bijector._check_input(input, "y"), **kwargs)
+        else:
+            output = getattr(bijector, forward_name)(input, **kwargs)
+        # Attributes are shared by both directions, as in TFP: ildj(y) = -fldj(inverse(y)).
+        memo = self._memo()
+        memo[forward_name] = (weakref.ref(input), output, attrs, kwarg_refs)
+        memo[inverse_name] = (weakref.ref(output), input, attrs, kwarg_refs)
+        return output
 
     def _attributes(self, input, fn_name, **kwargs):  # noqa: A002
-        return {}
+        if tf.executing_eagerly() or _weak_refs(kwargs) is None:
+            return {}
+        hit = self._hit(input, fn_name, kwargs)
+        return hit[2] if hit is not None else {}
+
+
+def _weak_refs(kwargs: dict) -> dict | None:
+    """Weak references to keyword arguments (a context tensor), or None if one cannot have
+    one (a Python list): such a call is not memoised."""
+    try:
+        return {k: weakref.ref(v) for k, v in kwargs.items()}
+    except TypeError:
+        return None
 
 
 class FlowBijector(tfb.Bijector):
@@ -41,7 +104,9 @@ class FlowBijector(tfb.Bijector):
     may override ``_forward_log_det_jacobian`` / ``_inverse_log_det_jacobian``.
     """
 
-    _cache = UncachedBijectorCache()
+    _cache = GraphMemoCache()
+    _TF_MODULE_IGNORED_PROPERTIES = frozenset(
+        tfb.Bijector._TF_MODULE_IGNORED_PROPERTIES | {"_graph_memo"})
 
     def __init__(
         self,
@@ -66,10 +131,46 @@ class FlowBijector(tfb.Bijector):
             forward_min_event_ndims=len(self._event_shape),
             is_constant_jacobian=is_constant_jacobian,
             validate_args=validate_args,
-            dtype=None,  # checked by _check_input with a message that names both dtypes
+            # As TFP's own bijectors: NumPy arrays and Python numbers are converted to this
+            # dtype, a tensor of another dtype is an error.
+            dtype=self._flow_dtype,
             parameters=parameters,
             name=name,
         )
+        self._expose_variables()
+
+    @classmethod
+    def _parameter_properties(cls, dtype, num_classes=None):
+        # No parameter carries a batch shape: weights live in Keras layers and are shared by
+        # the whole batch, so TFP's batch-shape queries give [].
+        return {}
+
+    def _expose_variables(self) -> None:
+        """Puts the TF variables behind ``keras_layers`` where ``tf.Module`` looks for them.
+
+        Keras 3 variables are not ``tf.Variable`` objects, and ``tf.Module`` (which TFP
+        bijectors and distributions are) finds variables by walking instance attributes. This
+        attribute makes ``bijector.trainable_variables``, a ``tfb.Chain``'s and a
+        ``tfd.TransformedDistribution``'s list this bijector's weights, so a plain
+        ``tf.GradientTape`` loop over ``dist.trainable_variables`` trains them.
+        """
+        self._layer_variables = tuple(
+            _tf_variable(v) for layer in self.keras_layers for v in layer.weights)
+
+    @property
+    def variables(self) -> tuple[tf.Variable, ...]:
+        """The TF variables of this bijector's Keras layers (trainable or not)."""
+        self._expose_variables()  # a conditioner may have been built since construction
+        return self._layer_variables
+
+    @property
+    def trainable_variables(self) -> tuple[tf.Variable, ...]:
+        """The trainable TF variables of this bijector's Keras layers."""
+        return tuple(v for v in self.variables if v.trainable)
+
+    @property
+    def non_trainable_variables(self) -> tuple[tf.Variable, ...]:
+        return tuple(v for v in self.variables if not v.trainable)
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -112,29 +213,64 @@ class FlowBijector(tfb.Bijector):
         """Keras layers that own this bijector's weights; a ``FlowModel`` tracks them."""
         return []
 
-    def forward_and_log_det(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """``(forward(x), forward_log_det_jacobian(x))`` with one evaluation of the transform."""
+    # TFP's public methods convert their input before a subclass sees it; these overrides check
+    # its dtype first, so a tensor of the wrong dtype gets the message of _check_dtype, while
+    # NumPy arrays and Python numbers are converted to the flow dtype as TFP's bijectors do.
+    def forward(self, x, name: str = "forward", **kwargs) -> tf.Tensor:
+        return super().forward(self._check_dtype(x, "x"), name=name, **kwargs)
+
+    def inverse(self, y, name: str = "inverse", **kwargs) -> tf.Tensor:
+        return super().inverse(self._check_dtype(y, "y"), name=name, **kwargs)
+
+    def forward_log_det_jacobian(self, x, event_ndims=None, name: str = "forward_log_det_jacobian",
+                                 **kwargs) -> tf.Tensor:
+        return super().forward_log_det_jacobian(self._check_dtype(x, "x"), event_ndims,
+                                                name=name, **kwargs)
+
+    def inverse_log_det_jacobian(self, y, event_ndims=None, name: str = "inverse_log_det_jacobian",
+                                 **kwargs) -> tf.Tensor:
+        return super().inverse_log_det_jacobian(self._check_dtype(y, "y"), event_ndims,
+                                                name=name, **kwargs)
+
+    @property
+    def is_conditional(self) -> bool:
+        """Whether calls take a ``context=`` keyword (conditional couplings)."""
+        return False
+
+    def forward_and_log_det(self, x: tf.Tensor, **kwargs) -> tuple[tf.Tensor, tf.Tensor]:
+        """``(forward(x), forward_log_det_jacobian(x))`` with one evaluation of the transform.
+
+        ``kwargs``: ``context=`` for a conditional bijector.
+        """
         with tf.name_scope(self.name):
             x = self._check_input(x, "x")
-            return self._forward_and_log_det(x)
+            return self._forward_and_log_det(x, **kwargs)
 
-    def inverse_and_log_det(self, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def inverse_and_log_det(self, y: tf.Tensor, **kwargs) -> tuple[tf.Tensor, tf.Tensor]:
         """``(inverse(y), inverse_log_det_jacobian(y))`` with one evaluation of the transform."""
         with tf.name_scope(self.name):
             y = self._check_input(y, "y")
-            return self._inverse_and_log_det(y)
+            return self._inverse_and_log_det(y, **kwargs)
 
-    def _forward(self, x):
-        return self._forward_and_log_det(self._check_input(x, "x"))[0]
+    def _forward(self, x, **kwargs):
+        return self._forward_and_log_det(self._check_input(x, "x"), **kwargs)[0]
 
-    def _inverse(self, y):
-        return self._inverse_and_log_det(self._check_input(y, "y"))[0]
+    def _inverse(self, y, **kwargs):
+        return self._inverse_and_log_det(self._check_input(y, "y"), **kwargs)[0]
 
-    def _forward_log_det_jacobian(self, x):
-        return self._forward_and_log_det(self._check_input(x, "x"))[1]
+    def _forward_log_det_jacobian(self, x, **kwargs):
+        return self._forward_and_log_det(self._check_input(x, "x"), **kwargs)[1]
 
-    def _inverse_log_det_jacobian(self, y):
-        return self._inverse_and_log_det(self._check_input(y, "y"))[1]
+    def _inverse_log_det_jacobian(self, y, **kwargs):
+        return self._inverse_and_log_det(self._check_input(y, "y"), **kwargs)[1]
+
+    def _check_dtype(self, x, what: str) -> tf.Tensor:
+        """``x`` as a tensor of the flow dtype; ``TypeError`` for a tensor of another dtype."""
+        if isinstance(x, tf.Tensor | tf.Variable) and x.dtype != self._flow_dtype:
+            raise TypeError(
+                f"{self.name}: {what} has dtype {x.dtype.name}, expected {self._flow_dtype.name}"
+            )
+        return tf.convert_to_tensor(x, dtype=self._flow_dtype, name=what)
 
     def _check_input(self, x: tf.Tensor, what: str) -> tf.Tensor:
         """Raises on a wrong dtype or event shape, naming expected and given.
@@ -143,11 +279,7 @@ class FlowBijector(tfb.Bijector):
         ``event_shape``. Static mismatches always raise ``TypeError``/``ValueError``; shapes only
         known at run time are asserted when ``validate_args=True``.
         """
-        if isinstance(x, tf.Tensor | tf.Variable) and x.dtype != self._flow_dtype:
-            raise TypeError(
-                f"{self.name}: {what} has dtype {x.dtype.name}, expected {self._flow_dtype.name}"
-            )
-        x = tf.convert_to_tensor(x, dtype=self._flow_dtype, name=what)
+        x = self._check_dtype(x, what)
         expected = list(self._output_event_shape if what == "y" else self._event_shape)
         rank = len(expected)
         if check_event_shape(x.shape, expected, self.name, what):
@@ -162,6 +294,18 @@ class FlowBijector(tfb.Bijector):
             ]):
                 x = tf.identity(x)
         return x
+
+
+def _tf_variable(variable) -> tf.Variable:
+    """The ``tf.Variable`` behind a Keras 3 variable (TensorFlow backend)."""
+    if isinstance(variable, tf.Variable):
+        return variable
+    with tf.init_scope():  # outside any autocast scope, ``value`` is the variable itself
+        value = variable.value
+    if not isinstance(value, tf.Variable):
+        raise TypeError(f"cannot find the tf.Variable behind {variable!r}; tfp-coupling needs "
+                        f"Keras' TensorFlow backend")
+    return value
 
 
 def check_event_shape(shape: tf.TensorShape, expected: Sequence[int], owner: str,
@@ -195,13 +339,79 @@ def check_event_shape(shape: tf.TensorShape, expected: Sequence[int], owner: str
     return None not in given
 
 
-class Chain(tfb.Chain):
-    """``tfb.Chain`` without TFP's result cache, for chains holding weighted bijectors.
+class Chain(tfb.Composition):
+    """A chain of bijectors, as ``tfb.Chain``, that computes every call afresh.
 
-    ``tfb.Chain`` caches ``forward``/``inverse`` by input tensor itself, so even with uncached
-    links a chain would return stale values for the same eager tensor after a weight change. This
-    subclass computes afresh; it is otherwise ``tfb.Chain`` (same order: the last bijector in the
-    list is applied first in ``forward``).
+    Same order as ``tfb.Chain``: the last bijector in the list is applied first in ``forward``.
+    It differs in two ways, both needed for chains of weighted bijectors:
+
+    * no result cache: ``tfb.Chain`` caches ``forward``/``inverse`` by input tensor itself, so
+      even with uncached links it would return stale values for the same eager tensor after a
+      weight change;
+    * not a ``CompositeTensor``: TFP makes ``tfb.Chain`` one, and ``tf.Module`` then looks for
+      variables in its tensor components only, so a ``tfd.TransformedDistribution`` over it
+      would report no ``trainable_variables``. This chain is walked as a module, and
+      ``dist.trainable_variables`` lists the weights of every link.
+
+    Example:
+        >>> import tensorflow as tf, tensorflow_probability as tfp
+        >>> from tfp_coupling import AffineCoupling, Chain, Rescaling, masks, nets
+        >>> flow = Chain([Rescaling([2]), AffineCoupling(masks.half_mask(2),
+        ...                                              nets.MLP([8], output_shape=[2]))])
+        >>> dist = tfp.distributions.TransformedDistribution(
+        ...     tfp.distributions.MultivariateNormalDiag(tf.zeros(2)), flow)
+        >>> len(dist.trainable_variables)  # the scale, and the MLP's weights and biases
+        5
     """
 
-    _cache = UncachedBijectorCache()
+    _cache = GraphMemoCache()
+    _TF_MODULE_IGNORED_PROPERTIES = frozenset(
+        tfb.Composition._TF_MODULE_IGNORED_PROPERTIES | {"_graph_memo"})
+
+    def __init__(
+        self,
+        bijectors: Sequence[tfb.Bijector] | None = None,
+        validate_args: bool = False,
+        validate_event_size: bool = False,
+        parameters: dict | None = None,
+        name: str | None = None,
+    ) -> None:
+        parameters = dict(locals()) if parameters is None else parameters
+        if name is None:
+            name = ("identity" if not bijectors
+                    else "_of_".join(["chain"] + [b.name for b in bijectors]).replace("/", ""))
+        # An empty chain is a single-part identity; otherwise TFP infers the event ndims.
+        min_event_ndims = None if bijectors else 0
+        with tf.name_scope(name) as name:
+            super().__init__(
+                bijectors=bijectors or (),
+                validate_args=validate_args,
+                validate_event_size=validate_event_size,
+                forward_min_event_ndims=min_event_ndims,
+                inverse_min_event_ndims=min_event_ndims,
+                parameters=parameters,
+                name=name,
+            )
+
+    @property
+    def is_conditional(self) -> bool:
+        """Whether some link takes a ``context`` (which the chain hands to all such links)."""
+        return any(getattr(b, "is_conditional", False) for b in self._bijectors)
+
+    def _link_kwargs(self, bijector, kwargs: dict) -> dict:
+        """A link's keyword arguments: TFP's by-name ones, plus ``context`` for conditional
+        links (one context conditions the whole chain)."""
+        out = dict(kwargs.get(bijector.name, {}))
+        if "context" in kwargs and getattr(bijector, "is_conditional", False):
+            out.setdefault("context", kwargs["context"])
+        return out
+
+    def _walk_forward(self, step_fn, x, **kwargs):
+        for bijector in reversed(self._bijectors):
+            x = step_fn(bijector, x, **self._link_kwargs(bijector, kwargs))
+        return x
+
+    def _walk_inverse(self, step_fn, y, **kwargs):
+        for bijector in self._bijectors:
+            y = step_fn(bijector, y, **self._link_kwargs(bijector, kwargs))
+        return y

@@ -105,6 +105,8 @@ class TriLAffine(FlowBijector):
         elif params.size != size:
             raise ValueError(f"params are for size {params.size}, not {size}")
         self.params = params
+        # copy(), == and parameters then refer to these weights, not to fresh ones.
+        parameters["params"] = params
         super().__init__(
             event_shape=[size], dtype=dtype, is_constant_jacobian=True,
             validate_args=validate_args, parameters=parameters, name=name,

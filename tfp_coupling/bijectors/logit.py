@@ -71,7 +71,8 @@ class LogitPreprocessing(FlowBijector):
             raise ValueError(f"num_levels must be >= 2, got {num_levels}")
         self.alpha = float(alpha)
         self.num_levels = int(num_levels)
-        # log(K / (1 - 2a)) per dimension, a Python float (cast to the flow dtype at use).
+        # log(K / (1 - 2a)) per dimension, a Python float. It enters the graph through
+        # tf.constant(value, dtype): tf.cast of a Python float would round it to float32 first.
         self._log_jac_const = math.log(self.num_levels / (1.0 - 2.0 * self.alpha))
         super().__init__(
             event_shape=event_shape, dtype=dtype, is_constant_jacobian=False,
@@ -82,20 +83,20 @@ class LogitPreprocessing(FlowBijector):
         return tf.reduce_sum(t, axis=list(range(-len(self._event_shape), 0)))
 
     def _forward_log_det(self, z: tf.Tensor) -> tf.Tensor:
-        per_dim = (tf.cast(self._log_jac_const, z.dtype)
+        per_dim = (tf.constant(self._log_jac_const, z.dtype)
                    - tf.math.softplus(-z) - tf.math.softplus(z))
         return self._sum_event(per_dim)
 
     def _forward_and_log_det(self, z):
         p = tf.sigmoid(z)
-        k = tf.cast(self.num_levels, z.dtype)
+        k = tf.constant(self.num_levels, z.dtype)
         x = k * (p - self.alpha) / (1.0 - 2.0 * self.alpha)
         return x, self._forward_log_det(z)
 
     def _inverse_and_log_det(self, x):
-        k = tf.cast(self.num_levels, x.dtype)
+        k = tf.constant(self.num_levels, x.dtype)
         p = self.alpha + (1.0 - 2.0 * self.alpha) * x / k
         log_p, log_1mp = tf.math.log(p), tf.math.log1p(-p)
         z = log_p - log_1mp
-        ildj = -self._sum_event(log_p + log_1mp + tf.cast(self._log_jac_const, x.dtype))
+        ildj = -self._sum_event(log_p + log_1mp + tf.constant(self._log_jac_const, x.dtype))
         return z, ildj

@@ -85,6 +85,8 @@ class Rescaling(FlowBijector):
             raise ValueError(f"scale_layer has event shape {list(scale_layer.event_shape)}, "
                              f"expected {list(event_shape)}")
         self.scale_layer = scale_layer
+        # copy(), == and parameters then refer to these weights, not to fresh ones.
+        parameters["scale_layer"] = scale_layer
         super().__init__(
             event_shape=event_shape, dtype=dtype, is_constant_jacobian=True,
             validate_args=validate_args, parameters=parameters, name=name,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_coupling.bijectors.base import FlowBijector
+from tfp_coupling.bijectors.base import Chain, FlowBijector
 from tfp_coupling.bijectors.coupling import Coupling
 
 tfb = tfp.bijectors
@@ -29,26 +29,30 @@ tfb = tfp.bijectors
 # The chains to walk: ``tfb.Chain`` and the classes it derives from below ``tfb.Composition``.
 # ``tfb.Chain(links)`` returns an instance of its non-CompositeTensor base class when a link is
 # not a CompositeTensor (every tfp-coupling bijector), so ``isinstance(b, tfb.Chain)`` alone
-# would miss most chains. Subclasses (``Glow``, ``FillScaleTriL``, ...) are chains too.
-_CHAIN_CLASSES = tuple(c for c in tfb.Chain.__mro__
-                       if issubclass(c, tfb.Composition) and c is not tfb.Composition)
+# would miss most chains. Subclasses (``Glow``, ``FillScaleTriL``, ...) are chains too, and so
+# is tfp-coupling's own ``Chain`` (a ``tfb.Composition``).
+_CHAIN_CLASSES = (*(c for c in tfb.Chain.__mro__
+                    if issubclass(c, tfb.Composition) and c is not tfb.Composition), Chain)
 
 __all__ = ["collect_keras_layers", "forward_and_log_det", "inverse_and_log_det"]
 
 
 def forward_and_log_det(
-    bijector: tfb.Bijector, x: tf.Tensor, event_ndims: int
+    bijector: tfb.Bijector, x: tf.Tensor, event_ndims: int, context: tf.Tensor | None = None
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Returns ``(bijector.forward(x), bijector.forward_log_det_jacobian(x, event_ndims))``."""
-    y, ldj, _ = _walk(bijector, x, event_ndims, forward=True)
+    """Returns ``(bijector.forward(x), bijector.forward_log_det_jacobian(x, event_ndims))``.
+
+    ``context`` is handed to every conditional link (``link.is_conditional``).
+    """
+    y, ldj, _ = _walk(bijector, x, event_ndims, forward=True, context=context)
     return y, ldj
 
 
 def inverse_and_log_det(
-    bijector: tfb.Bijector, y: tf.Tensor, event_ndims: int
+    bijector: tfb.Bijector, y: tf.Tensor, event_ndims: int, context: tf.Tensor | None = None
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Returns ``(bijector.inverse(y), bijector.inverse_log_det_jacobian(y, event_ndims))``."""
-    x, ldj, _ = _walk(bijector, y, event_ndims, forward=False)
+    x, ldj, _ = _walk(bijector, y, event_ndims, forward=False, context=context)
     return x, ldj
 
 
@@ -71,7 +75,7 @@ def _leaves(bijector: tfb.Bijector):
         yield bijector
 
 
-def _walk(bijector, x, event_ndims: int, forward: bool):
+def _walk(bijector, x, event_ndims: int, forward: bool, context=None):
     if isinstance(bijector, _CHAIN_CLASSES):
         links = list(reversed(bijector.bijectors) if forward else bijector.bijectors)
         ldjs = []
@@ -79,18 +83,19 @@ def _walk(bijector, x, event_ndims: int, forward: bool):
         while i < len(links):
             run = _coupling_run(links, i)
             if len(run) > 1:
-                x, ldj = _walk_coupling_run(run, x, event_ndims, forward)
+                x, ldj = _walk_coupling_run(run, x, event_ndims, forward, context)
             else:
-                x, ldj, event_ndims = _walk(links[i], x, event_ndims, forward)
+                x, ldj, event_ndims = _walk(links[i], x, event_ndims, forward, context)
             ldjs.append(ldj)
             i += len(run)
         # One sum of all log-dets (fused), not a chain of pairwise additions.
         return x, _sum_log_dets(ldjs), event_ndims
     if isinstance(bijector, tfb.Invert):
-        return _walk(bijector.bijector, x, event_ndims, not forward)
+        return _walk(bijector.bijector, x, event_ndims, not forward, context)
     if isinstance(bijector, FlowBijector):
-        out, ldj = (bijector.forward_and_log_det(x) if forward
-                    else bijector.inverse_and_log_det(x))
+        kwargs = {"context": context} if bijector.is_conditional else {}
+        out, ldj = (bijector.forward_and_log_det(x, **kwargs) if forward
+                    else bijector.inverse_and_log_det(x, **kwargs))
         return out, _sum_extra_event_dims(ldj, event_ndims, bijector), event_ndims
     if forward:
         ldj = bijector.forward_log_det_jacobian(x, event_ndims=event_ndims)
@@ -138,7 +143,7 @@ def _coupling_run(links, i: int) -> list:
     return run
 
 
-def _walk_coupling_run(run, x, event_ndims: int, forward: bool):
+def _walk_coupling_run(run, x, event_ndims: int, forward: bool, context=None):
     """Chained couplings on the split halves: one split at the start, one merge at the end.
 
     Coupling ``k`` maps halves ``(a, b)`` to ``(a, b')``; the next one keeps what this one
@@ -151,7 +156,9 @@ def _walk_coupling_run(run, x, event_ndims: int, forward: bool):
     ldjs = []
     for k, c in enumerate(run):
         with tf.name_scope(c.name):
-            b, ldj = c._forward_parts(a, b) if forward else c._inverse_parts(a, b)
+            c_context = context if c.is_conditional else None
+            b, ldj = (c._forward_parts(a, b, c_context) if forward
+                      else c._inverse_parts(a, b, c_context))
         ldjs.append(ldj)
         if k < len(run) - 1:
             a, b = b, a

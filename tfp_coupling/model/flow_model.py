@@ -380,7 +380,10 @@ class FlowModel(keras.Model):
         shape = tf.concat([tf.reshape(tf.cast(n, tf.int32), [1]),
                            tf.constant(self.event_shape, tf.int32)], axis=0)
         z = base_noise(shape, self.flow_dtype, None if seed is None else int(seed))
-        z = z * tf.cast(temperature, self.flow_dtype)
+        # A Python number goes straight to the flow dtype (tf.cast would round it to float32).
+        temperature = (tf.cast(temperature, self.flow_dtype) if tf.is_tensor(temperature)
+                       else tf.constant(temperature, self.flow_dtype))
+        z = z * temperature
         return fused.forward_and_log_det(self.bijector, z, len(self.event_shape))[0]
 
     def forward(self, z) -> tf.Tensor:
