@@ -462,6 +462,8 @@ class TransformCoupling(Coupling):
 
     def _keep_entries(self, x_b: tf.Tensor, out_b: tf.Tensor, ldj: tf.Tensor):
         """The map's output and summed log-det, with kept entries passed through."""
+        # A constant-Jacobian map (tfb.Shift, tfb.Scale) returns an unbatched log-det.
+        ldj = tf.broadcast_to(ldj, tf.shape(x_b))
         if self.partition.multiplicative:
             keep = tf.constant(self.partition.keep)
             out_b = tf.where(keep, x_b, out_b)
