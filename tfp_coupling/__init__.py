@@ -46,6 +46,7 @@ _EXPORTS = {
     "nice_image_flow": "tfp_coupling.builders",
     "realnvp_flat_image_flow": "tfp_coupling.builders",
     "realnvp_flow": "tfp_coupling.builders",
+    "spline_flow": "tfp_coupling.builders",
     "realnvp_image_flow": "tfp_coupling.builders",
     "flow_bits_per_dim": "tfp_coupling.dequantization",
 }
@@ -77,6 +78,7 @@ if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
         realnvp_flat_image_flow,
         realnvp_flow,
         realnvp_image_flow,
+        spline_flow,
     )
     from tfp_coupling.composition import FactorOut, fused
     from tfp_coupling.dequantization import flow_bits_per_dim
@@ -150,6 +152,7 @@ __all__ = [
     "realnvp_flow",
     "realnvp_image_flow",
     "register_builder",
+    "spline_flow",
 ]
 
 if not _starting_the_command_line():

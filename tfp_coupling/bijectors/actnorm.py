@@ -192,7 +192,7 @@ def data_initialized_layers(model) -> list[DataInitializedParams]:
     return [layer for layer in layers if isinstance(layer, DataInitializedParams)]
 
 
-def initialize_from_data(model, x, force: bool = False, seed: int = 0) -> int:
+def initialize_from_data(model, x, force: bool = False, seed: int = 0, context=None) -> int:
     """Data-dependent initialisation of every ``ActNorm`` and ``TriLAffine`` in ``model``.
 
     Runs one eager ``model.log_prob`` pass over the batch ``x`` in which each not yet initialised
@@ -209,6 +209,7 @@ def initialize_from_data(model, x, force: bool = False, seed: int = 0) -> int:
             TriLAffine estimates a covariance, so more rows than dimensions).
         force: re-initialise layers that are already initialised.
         seed: seed of the dequantisation noise.
+        context: the rows' contexts, for a conditional flow.
 
     Returns:
         The number of layers initialised.
@@ -231,7 +232,7 @@ def initialize_from_data(model, x, force: bool = False, seed: int = 0) -> int:
     for layer in layers:
         layer.pending_init = True
     try:
-        model.log_prob(x)
+        model.log_prob(x) if context is None else model.log_prob(x, context)
     finally:
         missed = [layer.name for layer in layers if layer.pending_init]
         for layer in layers:

@@ -16,6 +16,7 @@ from tfp_coupling.builders.vector import (
     mask_sequence,
     nice_flow,
     realnvp_flow,
+    spline_flow,
 )
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "realnvp_flat_image_flow",
     "realnvp_flow",
     "realnvp_image_flow",
+    "spline_flow",
 ]

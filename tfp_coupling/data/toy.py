@@ -23,16 +23,22 @@ def check_n(n: int) -> int:
     return int(n)
 
 
-def two_moons(n: int, noise: float = 0.05, seed: int | None = 0) -> np.ndarray:
+def two_moons(n: int, noise: float = 0.05, seed: int | None = 0,
+              return_labels: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """``n`` points of the two interleaving half circles, ``float32`` of shape ``[n, 2]``.
 
     The same construction as scikit-learn's ``make_moons`` (upper moon centred at the origin,
-    lower moon shifted by ``(1, 0.5)``), plus Gaussian noise of scale ``noise``.
+    lower moon shifted by ``(1, 0.5)``), plus Gaussian noise of scale ``noise``. With
+    ``return_labels``, also which moon each point is on (``int32``, 0 upper, 1 lower): a
+    context for a conditional flow.
 
     Example:
         >>> from tfp_coupling.data import two_moons
         >>> two_moons(4, seed=0).shape
         (4, 2)
+        >>> x, moon = two_moons(4, seed=0, return_labels=True)
+        >>> sorted(moon.tolist())
+        [0, 0, 1, 1]
     """
     if int(n) < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -44,7 +50,11 @@ def two_moons(n: int, noise: float = 0.05, seed: int | None = 0) -> np.ndarray:
     upper = np.stack([np.cos(t_upper), np.sin(t_upper)], axis=1)
     lower = np.stack([1.0 - np.cos(t_lower), 0.5 - np.sin(t_lower)], axis=1)
     x = np.concatenate([upper, lower], axis=0)
-    x = x[rng.permutation(n)] + rng.normal(scale=noise, size=(n, 2))
+    labels = np.repeat(np.array([0, 1], np.int32), [n_upper, n_lower])
+    order = rng.permutation(n)
+    x = x[order] + rng.normal(scale=noise, size=(n, 2))
+    if return_labels:
+        return x.astype(np.float32), labels[order]
     return x.astype(np.float32)
 
 

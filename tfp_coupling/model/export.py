@@ -21,6 +21,11 @@ temperature, seed)``          reproducible (stateless) draw, ``< 0``:    float, 
 ``inverse(x)``                ``z = f^{-1}(x)``                          ``x`` -> ``[N, *event]``
 ============================  =========================================  ======================
 
+A conditional flow (``context_shape=[c]``) gets the same endpoints with a ``context [N, c]``
+input: ``log_prob(x, context)``, ``forward(z, context)``, ``inverse(x, context)``, and
+``sample(context)`` / ``sample_with_options(context, temperature, seed)``, which draw one example
+per context row.
+
 The callable ``loaded.sample`` also accepts the options: ``loaded.sample(n)``,
 ``loaded.sample(n, temperature)`` and ``loaded.sample(n, temperature, seed)`` all work, and with
 the same ``seed`` return what ``model.sample(n, temperature, seed)`` returns. ``serving_default``
@@ -105,7 +110,51 @@ def _draw_base(model: FlowModel, n, temperature, seed) -> tf.Tensor:
     return base_noise(shape, dtype, seed) * temperature
 
 
+def _build_conditional_archive(model: FlowModel) -> keras.export.ExportArchive:
+    """The endpoints of a conditional flow: each takes a ``context [N, c]`` as well."""
+    dtype = model.flow_dtype
+    event = list(model.event_shape)
+    x_spec = tf.TensorSpec([None, *event], dtype, name="x")
+    z_spec = tf.TensorSpec([None, *event], dtype, name="z")
+    c_spec = tf.TensorSpec([None, *model.context_shape], dtype, name="context")
+    t_spec = tf.TensorSpec([], dtype, name="temperature")
+    s_spec = tf.TensorSpec([], tf.int32, name="seed")
+
+    def context_of(context, endpoint):
+        return _checked_input(context, endpoint, "context")
+
+    def log_prob(x, context):
+        return model.log_prob(_checked_input(x, "log_prob", "x"), context_of(context, "log_prob"))
+
+    def forward(z, context):
+        return model.forward(_checked_input(z, "forward", "z"), context_of(context, "forward"))
+
+    def inverse(x, context):
+        return model.inverse(_checked_input(x, "inverse", "x"), context_of(context, "inverse"))
+
+    def sample(context, temperature=1.0, seed=-1):
+        context = context_of(context, "sample")
+        z = _draw_base(model, tf.shape(context)[0], temperature, seed)
+        return model.forward(z, context)
+
+    sample_fn = tf.function(sample, autograph=False)
+    sample_fn.get_concrete_function(c_spec)
+    sample_fn.get_concrete_function(c_spec, t_spec)
+    sample_fn.get_concrete_function(c_spec, t_spec, s_spec)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("log_prob", log_prob, input_signature=[x_spec, c_spec])
+    archive.add_endpoint("sample", sample_fn)
+    archive.add_endpoint("sample_with_options", sample, input_signature=[c_spec, t_spec, s_spec])
+    archive.add_endpoint("forward", forward, input_signature=[z_spec, c_spec])
+    archive.add_endpoint("inverse", inverse, input_signature=[x_spec, c_spec])
+    return archive
+
+
 def _build_archive(model: FlowModel) -> keras.export.ExportArchive:
+    if model.is_conditional:
+        return _build_conditional_archive(model)
     dtype = model.flow_dtype
     event = list(model.event_shape)
     x_spec = tf.TensorSpec([None, *event], dtype, name="x")

@@ -65,6 +65,22 @@ class FlowModel(keras.Model):
             continuous values lower-bounds the probability of the discrete ones.
         report_bits_per_dim: also report ``bits_per_dim = nll / (D ln 2)`` (``D`` the event size),
             the figure image-flow papers report.
+        context_shape: ``[c]`` for a conditional flow ``p(x | context)`` (its couplings built
+            with the same ``context_shape``). Then ``log_prob(x, context)``,
+            ``sample(n, context=...)``, ``forward``/``inverse`` take a context, ``model((x, c))``
+            returns ``log p(x | c)``, and ``fit(x, context)`` trains on pairs (the context is
+            Keras' ``y``: ``fit(x, c)``, ``fit((x, c))``, ``validation_data=(x_val, c_val)`` and a
+            dataset of ``(x, c)`` batches all work).
+
+    Conditional example:
+        >>> import numpy as np
+        >>> import tfp_coupling as tc
+        >>> model = tc.realnvp_flow([2], num_couplings=2, hidden_units=[16], context_shape=[1])
+        >>> model.compile(optimizer="adam")
+        >>> x, c = np.zeros((64, 2), "float32"), np.ones((64, 1), "float32")
+        >>> history = model.fit(x, c, batch_size=32, epochs=1, verbose=0)
+        >>> model.log_prob(x[:3], c[:3]).shape, model.sample(5, context=[1.0], seed=1).shape
+        (TensorShape([3]), TensorShape([5, 2]))
 
     Example:
         >>> import numpy as np
@@ -87,6 +103,7 @@ class FlowModel(keras.Model):
         flow_config: dict | None = None,
         dequantize: bool = False,
         report_bits_per_dim: bool = False,
+        context_shape: Sequence[int] | None = None,
         **kwargs,
     ) -> None:
         flow_dtype = tf.as_dtype(flow_dtype)
@@ -96,6 +113,8 @@ class FlowModel(keras.Model):
         kwargs.setdefault("dtype", flow_dtype.name)
         super().__init__(**kwargs)
         self.event_shape = inputs.strict_shape(event_shape, "event_shape")
+        self.context_shape = (None if context_shape is None
+                              else inputs.strict_shape(context_shape, "context_shape"))
         self.flow_dtype = flow_dtype
         self.flow_config = dict(flow_config) if flow_config is not None else None
         self.dequantize = bool(dequantize)
@@ -117,7 +136,9 @@ class FlowModel(keras.Model):
         self.__dict__["_base"] = base
         self.__dict__["_distribution"] = tfd.TransformedDistribution(base, bijector)
         # Create every weight now, eagerly, so fit/save/load see a built model.
-        self.log_prob(tf.zeros((1, *self.event_shape), flow_dtype))
+        self.log_prob(tf.zeros((1, *self.event_shape), flow_dtype),
+                      None if self.context_shape is None
+                      else tf.zeros((1, *self.context_shape), flow_dtype))
         self.built = True
 
     @property
@@ -154,10 +175,52 @@ class FlowModel(keras.Model):
                 )
         return x
 
-    def log_prob(self, x) -> tf.Tensor:
-        """``log p(x)`` per example, in nats, in ``flow_dtype``."""
+    @property
+    def is_conditional(self) -> bool:
+        """Whether this flow models ``p(x | context)``."""
+        return self.context_shape is not None
+
+    def _as_context(self, context, rows=None) -> tf.Tensor | None:
+        """The context as a flow-dtype tensor ``[N, c]`` (a ``[c]`` context is broadcast to
+        ``rows``); raises if it is missing, unexpected, mis-shaped or not finite."""
+        if self.context_shape is None:
+            if context is not None:
+                raise ValueError(f"{self.name}: got a context, but this flow is not conditional "
+                                 f"(build it with context_shape=[c])")
+            return None
+        if context is None:
+            raise ValueError(f"{self.name}: this flow is conditional (context_shape "
+                             f"{list(self.context_shape)}): pass a context")
+        if isinstance(context, np.ndarray | float | int | list):
+            context = np.asarray(context)
+            if context.dtype.kind not in "fiub":
+                raise TypeError(f"{self.name}: context must be numeric, got dtype "
+                                f"{context.dtype}")
+            context = inputs.cast_without_overflow(context, self.flow_dtype, self.name)
+        context = tf.convert_to_tensor(context)
+        if context.dtype != self.flow_dtype:
+            if not (context.dtype.is_floating or context.dtype.is_integer):
+                raise TypeError(f"{self.name}: context must be numeric, got dtype "
+                                f"{context.dtype.name}")
+            context = tf.cast(context, self.flow_dtype)
+        if context.shape.rank == len(self.context_shape) and rows is not None:
+            context = tf.broadcast_to(context, tf.concat(
+                [tf.reshape(rows, [1]), tf.constant(self.context_shape, tf.int32)], axis=0))
+        check_event_shape(context.shape, self.context_shape, self.name, "context")
+        if tf.executing_eagerly() and not isinstance(context, keras.KerasTensor):
+            if not bool(tf.reduce_all(tf.math.is_finite(context))):
+                raise ValueError(f"{self.name}: context contains NaN or Inf values")
+        return context
+
+    def log_prob(self, x, context=None) -> tf.Tensor:
+        """``log p(x)`` (or ``log p(x | context)``) per example, in nats, in ``flow_dtype``.
+
+        ``context``: ``[N, c]``, or ``[c]`` for the same context for every example.
+        """
         x = self._as_input(x)
-        z, ildj = fused.inverse_and_log_det(self.bijector, x, len(self.event_shape))
+        context = self._as_context(context, tf.shape(x)[0])
+        z, ildj = fused.inverse_and_log_det(self.bijector, x, len(self.event_shape),
+                                            context=context)
         # The base N(0, I) log-density in closed form, -|z|^2 / 2 - D log(2 pi) / 2: equal to
         # self._base.log_prob(z) with two elementwise passes over z where TFP's
         # Sample(Normal).log_prob takes about five (and as many in the gradient).
@@ -166,7 +229,20 @@ class FlowModel(keras.Model):
                 - 0.5 * self.event_size * math.log(2.0 * math.pi)) + ildj
 
     def call(self, x, training: bool = False):
+        if self.is_conditional and isinstance(x, tuple | list) and len(x) == 2:
+            return self.log_prob(*x)
         return self.log_prob(x)
+
+    def _with_context_as_input(self, data):
+        """For a conditional flow, Keras' ``(x, y=context)`` batch becomes ``((x, context),)``,
+        so that the model's call sees both."""
+        if not self.is_conditional:
+            return data
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        if y is None:
+            raise ValueError(f"{self.name}: this flow is conditional: fit/evaluate need "
+                             f"(x, context) pairs, e.g. model.fit(x, context)")
+        return keras.utils.pack_x_y_sample_weight((x, y), None, sample_weight)
 
     def _dequantized(self, data):
         """The batch with ``u ~ U[0, 1)`` added to ``x`` when ``dequantize`` is on.
@@ -180,6 +256,7 @@ class FlowModel(keras.Model):
         x = self._as_input(x)
         x = x + keras.random.uniform(tf.shape(x), dtype=x.dtype, seed=self.noise_seed)
         return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+
 
     @property
     def event_size(self) -> int:
@@ -262,11 +339,13 @@ class FlowModel(keras.Model):
 
     def train_step(self, data):
         with self._finite_batch_guard(data):
-            return keras_workarounds.multi_worker_logs(super().train_step(self._dequantized(data)))
+            data = self._with_context_as_input(self._dequantized(data))
+            return keras_workarounds.multi_worker_logs(super().train_step(data))
 
     def test_step(self, data):
         with self._finite_batch_guard(data):
-            return keras_workarounds.multi_worker_logs(super().test_step(self._dequantized(data)))
+            data = self._with_context_as_input(self._dequantized(data))
+            return keras_workarounds.multi_worker_logs(super().test_step(data))
 
     def _nonfinite_data_error(self, error: tf.errors.InvalidArgumentError,
                               guard: StopOnNonFiniteLoss) -> Exception:
@@ -292,8 +371,16 @@ class FlowModel(keras.Model):
         512 for images; see :func:`tfp_coupling.initialize_from_data`).
         """
         inputs.check_data(x, self.event_shape, self.name, "x")
+        x, y = self._split_pairs(x, y)
+        if self.is_conditional:
+            inputs.check_data(y, self.context_shape, self.name, "context (y)")
         if any(not layer.is_initialized for layer in data_initialized_layers(self)):
-            initialize_from_data(self, inputs.initialization_rows(x, self.event_shape, self.name))
+            rows = inputs.initialization_rows(x, self.event_shape, self.name)
+            context = None
+            if self.is_conditional:
+                context = (inputs.initialization_rows(x, self.event_shape, self.name, part=1)
+                           if isinstance(x, tf.data.Dataset) else np.asarray(y[:len(rows)]))
+            initialize_from_data(self, rows, context=context)
         if validation_data is not None:
             val_x = (validation_data[0] if isinstance(validation_data, tuple | list)
                      else validation_data)
@@ -315,6 +402,13 @@ class FlowModel(keras.Model):
                 raise
             raise self._nonfinite_data_error(e, guard) from None
 
+    def _split_pairs(self, x, y):
+        """``fit((x, c))`` as ``fit(x, c)``, for a conditional flow given arrays."""
+        if (self.is_conditional and y is None and isinstance(x, tuple | list) and len(x) == 2
+                and not isinstance(x, tf.data.Dataset)):
+            return x[0], x[1]
+        return x, y
+
     def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None,
                  steps=None, callbacks=None, return_dict=False, **kwargs):
         """``keras.Model.evaluate`` returning ``loss`` and ``nll`` (and ``bits_per_dim``).
@@ -327,7 +421,10 @@ class FlowModel(keras.Model):
             return super().evaluate(x=x, y=y, batch_size=batch_size, verbose=verbose,
                                     sample_weight=sample_weight, steps=steps,
                                     callbacks=callbacks, return_dict=return_dict, **kwargs)
+        x, y = self._split_pairs(x, y)
         inputs.check_data(x, self.event_shape, self.name, "x")
+        if self.is_conditional:
+            inputs.check_data(y, self.context_shape, self.name, "context (y)")
         guard = StopOnNonFiniteLoss(raise_error=False)  # here only to know the batch
         callbacks = [*list(callbacks or []), guard]
         try:
@@ -364,11 +461,14 @@ class FlowModel(keras.Model):
             )
         export_flow(self, filepath, verbose=bool(verbose), overwrite=overwrite)
 
-    def sample(self, n: int, temperature: float = 1.0, seed: int | None = None) -> tf.Tensor:
+    def sample(self, n: int, temperature: float = 1.0, seed: int | None = None,
+               context=None) -> tf.Tensor:
         """Draws ``n`` samples ``f(T * z)``, ``z ~ N(0, I)``, with temperature ``T``.
 
         An integer ``seed`` makes the draw reproducible (stateless sampling). ``temperature=0``
-        gives ``f(0)`` ``n`` times (the image of the base distribution's mode).
+        gives ``f(0)`` ``n`` times (the image of the base distribution's mode). A conditional
+        flow needs ``context``: ``[c]`` (every draw from ``p(x | c)``) or ``[n, c]`` (one
+        context per draw).
         """
         if not tf.is_tensor(n):
             n = inputs.whole_number(n, "n")
@@ -384,17 +484,24 @@ class FlowModel(keras.Model):
         temperature = (tf.cast(temperature, self.flow_dtype) if tf.is_tensor(temperature)
                        else tf.constant(temperature, self.flow_dtype))
         z = z * temperature
-        return fused.forward_and_log_det(self.bijector, z, len(self.event_shape))[0]
+        context = self._as_context(context, tf.shape(z)[0])
+        return fused.forward_and_log_det(self.bijector, z, len(self.event_shape),
+                                         context=context)[0]
 
-    def forward(self, z) -> tf.Tensor:
-        """Maps base points to data: ``x = f(z)``."""
+    def forward(self, z, context=None) -> tf.Tensor:
+        """Maps base points to data: ``x = f(z)`` (``f(z; context)`` if conditional)."""
         z = self._as_input(z)
-        return fused.forward_and_log_det(self.bijector, z, len(self.event_shape))[0]
+        context = self._as_context(context, tf.shape(z)[0])
+        return fused.forward_and_log_det(self.bijector, z, len(self.event_shape),
+                                         context=context)[0]
 
-    def inverse(self, x) -> tf.Tensor:
-        """Maps data to base points: ``z = f^{-1}(x)``."""
+    def inverse(self, x, context=None) -> tf.Tensor:
+        """Maps data to base points: ``z = f^{-1}(x)`` (``f^{-1}(x; context)`` if
+        conditional)."""
         x = self._as_input(x)
-        return fused.inverse_and_log_det(self.bijector, x, len(self.event_shape))[0]
+        context = self._as_context(context, tf.shape(x)[0])
+        return fused.inverse_and_log_det(self.bijector, x, len(self.event_shape),
+                                         context=context)[0]
 
     def get_config(self) -> dict:
         if self.flow_config is None:

@@ -93,8 +93,11 @@ def check_data(data, event_shape: Sequence[int], owner: str, what: str) -> None:
                              f"or replace them")
 
 
-def initialization_rows(x, event_shape: Sequence[int], owner: str) -> np.ndarray:
-    """The first training rows (batches of a dataset, in order), for data-dependent init."""
+def initialization_rows(x, event_shape: Sequence[int], owner: str, part: int = 0) -> np.ndarray:
+    """The first training rows (batches of a dataset, in order), for data-dependent init.
+
+    ``part``: which element of a dataset's ``(x, context)`` batches (1: the contexts).
+    """
     n = 4096 if len(event_shape) == 1 else 512
     if x is None:
         raise ValueError(f"{owner}: fit needs training data x to initialise its "
@@ -110,7 +113,7 @@ def initialization_rows(x, event_shape: Sequence[int], owner: str) -> np.ndarray
                 f"training rows first") from None
     rows, count = [], 0
     for element in x:
-        batch = np.asarray(element[0] if isinstance(element, tuple | list) else element)
+        batch = np.asarray(element[part] if isinstance(element, tuple | list) else element)
         rows.append(batch)
         count += len(batch)
         if count >= n:

@@ -25,6 +25,7 @@ __all__ = ["builder_config", "config_with_defaults", "get_builder", "register_bu
 _BUILT_IN = {
     "nice_flow": "tfp_coupling.builders.vector",
     "realnvp_flow": "tfp_coupling.builders.vector",
+    "spline_flow": "tfp_coupling.builders.vector",
     "nice_image_flow": "tfp_coupling.builders.image",
     "realnvp_image_flow": "tfp_coupling.builders.image",
     "realnvp_flat_image_flow": "tfp_coupling.builders.image",
