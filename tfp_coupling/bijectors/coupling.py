@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import keras
 import tensorflow as tf
 
 from tfp_coupling.bijectors.base import FlowBijector
@@ -42,8 +43,9 @@ class Coupling(FlowBijector):
     A conditioner that is a Keras layer is held as an attribute and listed in ``keras_layers``,
     so that a ``keras.Model`` holding this bijector tracks, trains and saves its weights.
 
-    Subclasses set ``num_params`` and implement ``_transform``, ``_untransform`` and ``_log_det``
-    on the parameters; everything else (split, merge, the conditioner call, checks) lives here.
+    Subclasses set ``num_params`` and implement ``_transform``, ``_inverse_transform`` and
+    ``_log_det`` on the parameters; everything else (split, merge, the conditioner call, checks)
+    lives here.
     """
 
     num_params: int = 1
@@ -77,7 +79,7 @@ class Coupling(FlowBijector):
     def keras_layers(self) -> list:
         return [self.conditioner] if _is_keras_layer(self.conditioner) else []
 
-    def _params(self, x_a: tf.Tensor) -> list[tf.Tensor]:
+    def _run_conditioner(self, x_a: tf.Tensor) -> list[tf.Tensor]:
         """Runs the conditioner once on ``x_a`` (any batch shape) and returns its parameters."""
         a_rank = len(self.partition.a_shape)
         # With exactly one batch axis (as in training) x_a already has the conditioner's layout:
@@ -144,26 +146,26 @@ class Coupling(FlowBijector):
     def _forward_parts(self, x_a: tf.Tensor, x_b: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """``(y_b, log-det)`` from the split halves (``y_a = x_a``): the coupling without the
         split and merge, which :mod:`tfp_coupling.fused` skips between chained couplings."""
-        params = self._params(x_a)
+        params = self._run_conditioner(x_a)
         return self._transform(x_b, params), self._log_det(x_a, params)
 
     def _inverse_parts(self, y_a: tf.Tensor, y_b: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """``(x_b, inverse log-det)`` from the split halves (``x_a = y_a``)."""
-        params = self._params(y_a)
-        return self._untransform(y_b, params), -self._log_det(y_a, params)
+        params = self._run_conditioner(y_a)
+        return self._inverse_transform(y_b, params), -self._log_det(y_a, params)
 
     def _forward_log_det_jacobian(self, x):
         x = self._check_input(x, "x")
-        return self._log_det(x, self._params(self.partition.split(x)[0]))
+        return self._log_det(x, self._run_conditioner(self.partition.split(x)[0]))
 
     def _inverse_log_det_jacobian(self, y):
         y = self._check_input(y, "y")
-        return -self._log_det(y, self._params(self.partition.split(y)[0]))
+        return -self._log_det(y, self._run_conditioner(self.partition.split(y)[0]))
 
     def _transform(self, x_b: tf.Tensor, params: list[tf.Tensor]) -> tf.Tensor:
         raise NotImplementedError
 
-    def _untransform(self, y_b: tf.Tensor, params: list[tf.Tensor]) -> tf.Tensor:
+    def _inverse_transform(self, y_b: tf.Tensor, params: list[tf.Tensor]) -> tf.Tensor:
         raise NotImplementedError
 
     def _log_det(self, x: tf.Tensor, params: list[tf.Tensor]) -> tf.Tensor:
@@ -224,7 +226,7 @@ class AdditiveCoupling(Coupling):
     def _transform(self, x_b, params):
         return x_b + params[0]
 
-    def _untransform(self, y_b, params):
+    def _inverse_transform(self, y_b, params):
         return y_b - params[0]
 
     def _log_det(self, x, params):
@@ -304,7 +306,7 @@ class AffineCoupling(Coupling):
         shift, log_scale = params
         return x_b * tf.exp(log_scale) + shift
 
-    def _untransform(self, y_b, params):
+    def _inverse_transform(self, y_b, params):
         shift, log_scale = params
         return (y_b - shift) * tf.exp(-log_scale)
 
@@ -313,6 +315,4 @@ class AffineCoupling(Coupling):
 
 
 def _is_keras_layer(obj) -> bool:
-    import keras
-
     return isinstance(obj, keras.layers.Layer)
