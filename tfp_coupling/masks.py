@@ -177,7 +177,7 @@ class Partition:
 
         Then the halves ``(x_a, y_b)`` a coupling on this partition outputs are, in order,
         ``other``'s ``(x_b, x_a)``: chained couplings can pass the halves on and skip the
-        merge-then-split between them (see :mod:`tfp_coupling.fused`). Index splits only.
+        merge-then-split between them (see ``composition.fused``). Index splits only.
         """
         return (not self.splits_by_masking and not other.splits_by_masking
                 and self.event_shape == other.event_shape

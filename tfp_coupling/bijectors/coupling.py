@@ -145,7 +145,7 @@ class Coupling(FlowBijector):
 
     def _forward_parts(self, x_a: tf.Tensor, x_b: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """``(y_b, log-det)`` from the split halves (``y_a = x_a``): the coupling without the
-        split and merge, which :mod:`tfp_coupling.fused` skips between chained couplings."""
+        split and merge, which ``composition.fused`` skips between chained couplings."""
         params = self._run_conditioner(x_a)
         return self._transform(x_b, params), self._log_det(x_a, params)
 
