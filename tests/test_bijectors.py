@@ -173,7 +173,7 @@ def test_harness_catches_a_wrong_log_det():
 
 def test_harness_catches_a_wrong_inverse():
     class WrongInverse(tc.AdditiveCoupling):
-        def _untransform(self, y_b, params):
+        def _inverse_transform(self, y_b, params):
             return y_b - 1.001 * params[0]
 
     bij = make_coupling(WrongInverse, masks.half_mask(4))

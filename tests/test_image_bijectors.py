@@ -200,7 +200,7 @@ def test_checkerboard_coupling_conditioner_sees_only_the_kept_pixels(rng):
     y, y2 = b.forward(x).numpy(), b.forward(x2).numpy()
     keep = mask.numpy()[None]
     np.testing.assert_array_equal(y[keep], x[keep])
-    params = b._params(tf.constant(x * keep))
+    params = b._run_conditioner(tf.constant(x * keep))
     np.testing.assert_allclose(y2[~keep], (x2 * np.exp(params[1]) + params[0]).numpy()[~keep],
                                atol=1e-12)
 

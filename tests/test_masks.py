@@ -99,7 +99,7 @@ def test_partition_split_merge_round_trip(kind, batch, rng):
     assert tuple(x_a.shape) == (*batch, *p.a_shape)
     assert tuple(x_b.shape) == (*batch, *p.b_shape)
     xv = x.numpy()
-    if p.multiplicative:
+    if p.splits_by_masking:
         # The conditioner sees the whole event with the transformed part zeroed.
         np.testing.assert_array_equal(x_a.numpy(), xv * keep)
         np.testing.assert_array_equal(x_b.numpy(), xv)
@@ -117,9 +117,9 @@ def test_partition_split_merge_round_trip(kind, batch, rng):
 
 
 def test_partition_kinds():
-    assert not Partition(masks.half_mask(4)).multiplicative
-    assert not Partition(masks.channel_mask(2, 2, 2)).multiplicative
-    assert Partition(masks.checkerboard_mask(2, 2, 2)).multiplicative
+    assert not Partition(masks.half_mask(4)).splits_by_masking
+    assert not Partition(masks.channel_mask(2, 2, 2)).splits_by_masking
+    assert Partition(masks.checkerboard_mask(2, 2, 2)).splits_by_masking
     p = Partition(masks.alternating_mask(5, 0))
     assert p.a_shape == (3,) and p.b_shape == (2,)
     p = Partition(masks.channel_mask(4, 4, 3))

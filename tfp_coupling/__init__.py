@@ -5,6 +5,20 @@ Example:
     >>> model = tc.realnvp_flow(event_shape=[2], num_couplings=4, hidden_units=[32, 32])
     >>> model.compile(optimizer="adam")
     >>> history = model.fit(tc.data.two_moons(512, seed=0), batch_size=128, epochs=1, verbose=0)
+
+Layout, in layers; a module imports only from the layers before it:
+
+* ``bijectors/`` the TFP bijectors (couplings, ``Rescaling``, ``ActNorm``, ...), with ``masks``
+  (which entries a coupling keeps) and ``nets`` (conditioner networks);
+* ``composition/`` fused walks through chains of bijectors (``fused``), and ``FactorOut``;
+* ``model/`` ``FlowModel``: training, sampling, input checks, SavedModel export, and the
+  registry of builders by name that loading a ``.keras`` file uses;
+* ``builders/`` NICE and RealNVP for vectors (``vector``) and images (``image``);
+* ``cli/`` the ``tfp-coupling`` command line.
+
+Beside them, without TensorFlow: ``data/`` (toy densities, tables, images), ``plots``,
+``dequantization`` (dequantisation, bits per dimension), ``atomic`` (atomic file writes) and
+``errors``; ``callbacks`` and ``checkpoint`` hold Keras callbacks for training.
 """
 
 import importlib

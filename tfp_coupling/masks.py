@@ -17,9 +17,9 @@ Example:
 :class:`Partition` turns a mask into the split and merge that every coupling uses. Where the
 mask varies only along the last axis (vectors, channel-wise image masks) the split takes the kept
 and transformed entries apart (slices when they are contiguous, a gather otherwise) so the
-conditioner sees only ``x_a``. Where it varies over space (checkerboard), the split is
-multiplicative as in the RealNVP paper: the conditioner sees ``x * mask`` and its parameters are
-zeroed on the kept entries.
+conditioner sees only ``x_a``. Where it varies over space (checkerboard), the split is by
+masking (``Partition.splits_by_masking``) as in the RealNVP paper: the conditioner sees
+``x * mask`` and its parameters are zeroed on the kept entries.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class Partition:
     Written once, used by every coupling in both directions:
 
     * ``split(x) -> (x_a, x_b)`` and ``merge(x_a, y_b) -> y`` with ``merge(*split(x)) == x``;
-    * ``mask_params(p)`` zeroes conditioner outputs on kept entries (multiplicative masks only);
+    * ``mask_params(p)`` zeroes conditioner outputs on kept entries (``splits_by_masking`` only);
     * ``a_shape`` / ``b_shape``: event shapes of the conditioner's input and of each parameter.
 
     Example:
@@ -124,9 +124,10 @@ class Partition:
         self.keep = keep
         self.event_shape = tuple(keep.shape)
         rows = keep.reshape(-1, keep.shape[-1])
-        # A mask that is the same at every position but the last axis splits by index.
-        self.multiplicative = not bool((rows == rows[0]).all())
-        if self.multiplicative:
+        # A mask that is the same at every position but the last axis splits by index; one that
+        # varies over space keeps the event's shape: x_a = x * mask, and x_b is the whole x.
+        self.splits_by_masking = not bool((rows == rows[0]).all())
+        if self.splits_by_masking:
             self.a_shape = self.event_shape
             self.b_shape = self.event_shape
             return
@@ -139,53 +140,53 @@ class Partition:
         order = np.concatenate([self._idx_a, self._idx_b])
         # Contiguous blocks split with slices; anything else with one gather each way.
         if np.array_equal(order, np.arange(n_a + n_b)):
-            self._layout = "a_then_b"
+            self._layout = "kept_first"
         elif np.array_equal(np.concatenate([self._idx_b, self._idx_a]), np.arange(n_a + n_b)):
-            self._layout = "b_then_a"
+            self._layout = "kept_last"
         else:
             self._layout = "gather"
             self._merge_order = np.argsort(order)
 
     def split(self, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """Returns ``(x_a, x_b)``: the conditioner's input and the part to transform."""
-        if self.multiplicative:
+        if self.splits_by_masking:
             return x * tf.cast(self.keep, x.dtype), x
         # One Split op, not two strided slices: its gradient is one concat, where each slice's
         # gradient would be a zero-padded full-size tensor, summed afterwards.
         n_a, n_b = len(self._idx_a), len(self._idx_b)
-        if self._layout == "a_then_b":
+        if self._layout == "kept_first":
             x_a, x_b = tf.split(x, [n_a, n_b], axis=-1)
             return x_a, x_b
-        if self._layout == "b_then_a":
+        if self._layout == "kept_last":
             x_b, x_a = tf.split(x, [n_b, n_a], axis=-1)
             return x_a, x_b
         return tf.gather(x, self._idx_a, axis=-1), tf.gather(x, self._idx_b, axis=-1)
 
     def merge(self, x_a: tf.Tensor, y_b: tf.Tensor) -> tf.Tensor:
         """Inverse of :meth:`split`, with ``y_b`` in place of ``x_b``."""
-        if self.multiplicative:
+        if self.splits_by_masking:
             return y_b  # parameters are zero on kept entries, so y_b equals x there
-        if self._layout == "a_then_b":
+        if self._layout == "kept_first":
             return tf.concat([x_a, y_b], axis=-1)
-        if self._layout == "b_then_a":
+        if self._layout == "kept_last":
             return tf.concat([y_b, x_a], axis=-1)
         return tf.gather(tf.concat([x_a, y_b], axis=-1), self._merge_order, axis=-1)
 
-    def hands_over_to(self, other: Partition) -> bool:
+    def swaps_halves_with(self, other: Partition) -> bool:
         """Whether ``other`` keeps exactly the entries this partition transforms, and vice versa.
 
         Then the halves ``(x_a, y_b)`` a coupling on this partition outputs are, in order,
         ``other``'s ``(x_b, x_a)``: chained couplings can pass the halves on and skip the
-        merge-then-split between them (see :mod:`tfp_coupling.fused`). Index splits only.
+        merge-then-split between them (see ``composition.fused``). Index splits only.
         """
-        return (not self.multiplicative and not other.multiplicative
+        return (not self.splits_by_masking and not other.splits_by_masking
                 and self.event_shape == other.event_shape
                 and np.array_equal(self._idx_a, other._idx_b)
                 and np.array_equal(self._idx_b, other._idx_a))
 
     def mask_params(self, param: tf.Tensor) -> tf.Tensor:
-        """Zeroes a transform parameter on kept entries (multiplicative masks only)."""
-        if not self.multiplicative:
+        """Zeroes a transform parameter on kept entries (``splits_by_masking`` only)."""
+        if not self.splits_by_masking:
             return param
         return param * tf.cast(~self.keep, param.dtype)
 

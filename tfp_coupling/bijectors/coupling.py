@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
@@ -60,8 +61,9 @@ class Coupling(FlowBijector):
     conditional link) and through ``TransformedDistribution.log_prob(x,
     bijector_kwargs={"context": c})``.
 
-    Subclasses set ``num_params`` and implement ``_transform``, ``_untransform`` and ``_log_det``
-    on the parameters; everything else (split, merge, the conditioner call, checks) lives here.
+    Subclasses set ``num_params`` and implement ``_transform``, ``_inverse_transform`` and
+    ``_log_det`` on the parameters; everything else (split, merge, the conditioner call, checks)
+    lives here.
     """
 
     num_params: int = 1
@@ -145,7 +147,7 @@ class Coupling(FlowBijector):
                 [tf.shape(context)[:-1], [1] * (a_rank - 1), tf.shape(context)[-1:]], axis=0))
         return tf.concat([x_a, tf.broadcast_to(context, shape)], axis=-1)
 
-    def _params(self, x_a: tf.Tensor, context: tf.Tensor | None = None) -> list[tf.Tensor]:
+    def _run_conditioner(self, x_a: tf.Tensor, context: tf.Tensor | None = None) -> list[tf.Tensor]:
         """Runs the conditioner once on ``x_a`` (any batch shape) and returns its parameters."""
         a_rank = len(self.partition.a_shape)
         context = self._check_context(context)
@@ -215,28 +217,28 @@ class Coupling(FlowBijector):
     def _forward_parts(self, x_a: tf.Tensor, x_b: tf.Tensor,
                        context: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
         """``(y_b, log-det)`` from the split halves (``y_a = x_a``): the coupling without the
-        split and merge, which :mod:`tfp_coupling.fused` skips between chained couplings."""
-        params = self._params(x_a, context)
+        split and merge, which ``composition.fused`` skips between chained couplings."""
+        params = self._run_conditioner(x_a, context)
         return self._transform(x_b, params), self._log_det(x_a, params)
 
     def _inverse_parts(self, y_a: tf.Tensor, y_b: tf.Tensor,
                        context: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
         """``(x_b, inverse log-det)`` from the split halves (``x_a = y_a``)."""
-        params = self._params(y_a, context)
-        return self._untransform(y_b, params), -self._log_det(y_a, params)
+        params = self._run_conditioner(y_a, context)
+        return self._inverse_transform(y_b, params), -self._log_det(y_a, params)
 
     def _forward_log_det_jacobian(self, x, context=None):
         x = self._check_input(x, "x")
-        return self._log_det(x, self._params(self.partition.split(x)[0], context))
+        return self._log_det(x, self._run_conditioner(self.partition.split(x)[0], context))
 
     def _inverse_log_det_jacobian(self, y, context=None):
         y = self._check_input(y, "y")
-        return -self._log_det(y, self._params(self.partition.split(y)[0], context))
+        return -self._log_det(y, self._run_conditioner(self.partition.split(y)[0], context))
 
     def _transform(self, x_b: tf.Tensor, params: list[tf.Tensor]) -> tf.Tensor:
         raise NotImplementedError
 
-    def _untransform(self, y_b: tf.Tensor, params: list[tf.Tensor]) -> tf.Tensor:
+    def _inverse_transform(self, y_b: tf.Tensor, params: list[tf.Tensor]) -> tf.Tensor:
         raise NotImplementedError
 
     def _log_det(self, x: tf.Tensor, params: list[tf.Tensor]) -> tf.Tensor:
@@ -299,7 +301,7 @@ class AdditiveCoupling(Coupling):
     def _transform(self, x_b, params):
         return x_b + params[0]
 
-    def _untransform(self, y_b, params):
+    def _inverse_transform(self, y_b, params):
         return y_b - params[0]
 
     def _log_det(self, x, params):
@@ -384,7 +386,7 @@ class AffineCoupling(Coupling):
         shift, log_scale = params
         return x_b * tf.exp(log_scale) + shift
 
-    def _untransform(self, y_b, params):
+    def _inverse_transform(self, y_b, params):
         shift, log_scale = params
         return (y_b - shift) * tf.exp(-log_scale)
 
@@ -408,7 +410,7 @@ class TransformCoupling(Coupling):
     ``x_b`` (``[*batch, *b_shape]``), and returns the bijector ``g_theta``, e.g. TFP's
     ``tfb.RationalQuadraticSpline`` (see :func:`rational_quadratic_spline`). This is TFP's
     ``bijector_fn`` and distrax's inner bijector: a new elementwise map needs no new coupling
-    class. With a multiplicative (checkerboard) mask the kept entries are passed through
+    class. With a masking (checkerboard) partition the kept entries are passed through
     unchanged whatever the map does at them.
 
     Args:
@@ -458,13 +460,13 @@ class TransformCoupling(Coupling):
         )
 
     def _elementwise(self, x_a: tf.Tensor, context: tf.Tensor | None) -> tfb.Bijector:
-        return self.transform_fn(self._params(x_a, context))
+        return self.transform_fn(self._run_conditioner(x_a, context))
 
     def _keep_entries(self, x_b: tf.Tensor, out_b: tf.Tensor, ldj: tf.Tensor):
         """The map's output and summed log-det, with kept entries passed through."""
         # A constant-Jacobian map (tfb.Shift, tfb.Scale) returns an unbatched log-det.
         ldj = tf.broadcast_to(ldj, tf.shape(x_b))
-        if self.partition.multiplicative:
+        if self.partition.splits_by_masking:
             keep = tf.constant(self.partition.keep)
             out_b = tf.where(keep, x_b, out_b)
             ldj = tf.where(keep, tf.zeros_like(ldj), ldj)
@@ -542,6 +544,4 @@ def rational_quadratic_spline(num_bins: int = 8, bound: float = 5.0,
 
 
 def _is_keras_layer(obj) -> bool:
-    import keras
-
     return isinstance(obj, keras.layers.Layer)

@@ -25,7 +25,7 @@ class Squeeze(FlowBijector):
     The event shape changes, so ``event_shape`` is the input ``(H, W, C)`` and
     ``output_event_shape`` the output ``(H / f, W / f, f * f * C)``; TFP's
     ``forward_event_shape``/``inverse_event_shape`` report them. Wrap it in ``tfb.Invert`` for
-    depth-to-space as the forward direction (``tfp_coupling.fused`` walks through ``Invert``).
+    depth-to-space as the forward direction (``composition.fused`` walks through ``Invert``).
 
     Args:
         event_shape: input image shape ``(H, W, C)``; ``H`` and ``W`` divisible by ``factor``.

@@ -176,7 +176,7 @@ def _flat_image_flow(kind: str, image_shape, num_couplings, hidden_units, mask, 
         m = tf.reshape(flat_mask, shape)
         partition = masks.Partition(m)
         p = coupling_cls.num_params
-        if partition.multiplicative:
+        if partition.splits_by_masking:
             net = _FlatMLP(m, hidden_units, p, activation, dtype=nets.conditioner_policy(dtype),
                            name=f"{name}_conditioner_{i}")
         else:  # the mask is the same at every pixel: the coupling splits channels itself

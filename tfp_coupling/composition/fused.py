@@ -121,8 +121,12 @@ def _sum_log_dets(ldjs: list) -> tf.Tensor:
     return total
 
 
-def _plain_coupling(b) -> bool:
-    """A ``Coupling`` using the general split/parts/merge path (no override of it)."""
+def _uses_coupling_parts(b) -> bool:
+    """A ``Coupling`` whose forward and inverse are ``Coupling``'s own split, parts, merge.
+
+    Only then may the walk call its ``_forward_parts``/``_inverse_parts`` on halves; a subclass
+    that overrides ``_forward_and_log_det`` or ``_inverse_and_log_det`` is called whole.
+    """
     cls = type(b)
     return (isinstance(b, Coupling)
             and cls._forward_and_log_det is Coupling._forward_and_log_det
@@ -132,11 +136,11 @@ def _plain_coupling(b) -> bool:
 def _coupling_run(links, i: int) -> list:
     """The longest run of couplings from ``links[i]`` in which each hands its halves over."""
     run = [links[i]]
-    if not _plain_coupling(links[i]):
+    if not _uses_coupling_parts(links[i]):
         return run
     for b in links[i + 1:]:
         prev = run[-1]
-        if not (_plain_coupling(b) and prev.partition.hands_over_to(b.partition)
+        if not (_uses_coupling_parts(b) and prev.partition.swaps_halves_with(b.partition)
                 and prev.dtype == b.dtype and prev._flow_dtype == b._flow_dtype):
             break
         run.append(b)

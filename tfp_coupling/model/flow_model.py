@@ -38,7 +38,8 @@ class FlowModel(keras.Model):
 
     ``model(x)`` returns ``log p(x)`` per example; the training loss is the mean negative
     log-likelihood in nats, so ``model.fit(x)`` needs no targets. The log-likelihood is computed
-    with one fused inverse pass (one conditioner call per coupling, see :mod:`tfp_coupling.fused`).
+    with one fused inverse pass (one conditioner call per coupling, see
+    :mod:`tfp_coupling.composition.fused`).
 
     Attributes:
         bijector: the TFP bijector ``f`` mapping base samples to data (a ``tfp_coupling.Chain``
@@ -440,9 +441,9 @@ class FlowModel(keras.Model):
         """Writes a SavedModel with ``log_prob``, ``sample``, ``forward``, ``inverse`` endpoints.
 
         It loads with ``tf.saved_model.load(filepath)`` without tfp-coupling; see
-        :mod:`tfp_coupling.export` for the signatures. An existing SavedModel at ``filepath`` is
-        replaced only with ``overwrite=True``, and only once the new one is complete; any other
-        existing folder content is never deleted.
+        :mod:`tfp_coupling.model.export` for the signatures. An existing SavedModel at
+        ``filepath`` is replaced only with ``overwrite=True``, and only once the new one is
+        complete; any other existing folder content is never deleted.
 
         Example:
             >>> import tempfile, tensorflow as tf, tfp_coupling as tc
