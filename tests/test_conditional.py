@@ -148,3 +148,25 @@ def test_export_with_context_loads_without_the_package(moons_pair, tmp_path):
     # One draw per context row, the same draw as model.sample with that seed.
     np.testing.assert_allclose(out["sample"], model.sample(16, 0.8, 3, context=c), atol=1e-5)
     assert out["sig_sample"].shape == (16, 2)
+
+
+def test_class_conditional_image_flow():
+    from harness import check_bijector, randomize_weights
+
+    model = tc.realnvp_image_flow([4, 4, 1], num_scales=2, num_couplings_per_scale=1,
+                                  num_final_couplings=1, hidden_channels=4, num_blocks=1,
+                                  context_shape=[3], dtype="float64")
+    randomize_weights(model, seed=2, scale=0.05, trainable_only=True)
+    one_hot = np.eye(3)[1]
+    x = np.random.default_rng(0).uniform(1, 255, size=(2, 4, 4, 1))
+    # Forward maps base points to pixels; the inverse direction needs pixels in (0, 256).
+    check_bijector(model.bijector, [4, 4, 1], context=one_hot, batch_shapes=((), (3,)),
+                   inverse_inputs=lambda shape, rng: rng.uniform(1, 255, size=shape))
+    assert np.abs(model.log_prob(x, one_hot) - model.log_prob(x, np.eye(3)[2])).max() > 1e-4
+    # fit on (images, one-hot classes): ActNorm initialised from the first rows and contexts.
+    images = np.random.default_rng(1).integers(0, 256, size=(64, 4, 4, 1))
+    classes = np.eye(3)[np.arange(64) % 3]
+    model.compile(optimizer="adam")
+    history = model.fit(images, classes, batch_size=32, epochs=1, verbose=0)
+    assert np.isfinite(history.history["bits_per_dim"]).all()
+    assert model.sample(3, context=one_hot, seed=0).shape == (3, 4, 4, 1)

@@ -68,6 +68,7 @@ def realnvp_image_flow(
     num_levels: int = 256,
     log_scale_clamp: float | None = 5.0,
     activation: str = "relu",
+    context_shape: Sequence[int] | None = None,
     dtype: tf.DType | str = "float32",
     name: str | None = None,
 ) -> ImageFlowModel:
@@ -90,7 +91,8 @@ def realnvp_image_flow(
     the paper's batch normalisation; initialised from the first batch of the first ``fit``). The
     per-scale unsqueeze keeps the latent in the data's shape, so the base is ``N(0, I)`` on
     ``(H, W, C)``, and ``sample`` returns images. ``H`` and ``W`` must be divisible by
-    ``2 ** (num_scales - 1)``.
+    ``2 ** (num_scales - 1)``. ``context_shape=[c]`` makes it conditional, ``p(x | context)``
+    (e.g. a one-hot class): every conditioner sees the context as ``c`` extra input channels.
 
     Example:
         >>> import numpy as np
@@ -128,7 +130,8 @@ def realnvp_image_flow(
                               dtype=nets.conditioner_policy(dtype), name=f"{name}_resnet_{i}")
             if actnorm:
                 steps.append(ActNorm(event_shape, dtype=dtype, name=f"{name}_actnorm_{i}"))
-            steps.append(AffineCoupling(m, net, log_scale_clamp=log_scale_clamp, dtype=dtype,
+            steps.append(AffineCoupling(m, net, log_scale_clamp=log_scale_clamp,
+                                        context_shape=context_shape, dtype=dtype,
                                         name=f"{name}_coupling_{i}"))
         return steps
 
@@ -151,7 +154,8 @@ def realnvp_image_flow(
     steps = [LogitPreprocessing(shape, alpha=alpha, num_levels=num_levels, dtype=dtype,
                                 name=f"{name}_logit"), *scale(shape, 0)]
     return ImageFlowModel(Chain(steps, name=name), shape, flow_dtype=dtype, flow_config=config,
-                          dequantize=True, report_bits_per_dim=True, name=name)
+                          dequantize=True, report_bits_per_dim=True,
+                          context_shape=context_shape, name=name)
 
 
 class _FlatMLP(nets.FlatMLP):

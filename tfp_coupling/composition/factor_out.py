@@ -85,14 +85,19 @@ class FactorOut(FlowBijector):
     def keras_layers(self) -> list:
         return fused.collect_keras_layers(self.inner)
 
-    def _apply(self, x: tf.Tensor, forward: bool) -> tuple[tf.Tensor, tf.Tensor]:
+    @property
+    def is_conditional(self) -> bool:
+        """Whether ``inner`` takes a ``context`` (passed on to it)."""
+        return bool(getattr(self.inner, "is_conditional", False))
+
+    def _apply(self, x: tf.Tensor, forward: bool, context) -> tuple[tf.Tensor, tf.Tensor]:
         k = self.num_kept
         walk = fused.forward_and_log_det if forward else fused.inverse_and_log_det
-        y_1, ldj = walk(self.inner, x[..., :k], len(self.inner_event_shape))
+        y_1, ldj = walk(self.inner, x[..., :k], len(self.inner_event_shape), context=context)
         return tf.concat([y_1, x[..., k:]], axis=-1), ldj
 
-    def _forward_and_log_det(self, x):
-        return self._apply(x, forward=True)
+    def _forward_and_log_det(self, x, context=None):
+        return self._apply(x, forward=True, context=context)
 
-    def _inverse_and_log_det(self, y):
-        return self._apply(y, forward=False)
+    def _inverse_and_log_det(self, y, context=None):
+        return self._apply(y, forward=False, context=context)
