@@ -78,7 +78,8 @@ class FlowModel(keras.Model):
         >>> import tfp_coupling as tc
         >>> model = tc.realnvp_flow([2], num_couplings=2, hidden_units=[16], context_shape=[1])
         >>> model.compile(optimizer="adam")
-        >>> x, c = np.zeros((64, 2), "float32"), np.ones((64, 1), "float32")
+        >>> rng = np.random.default_rng(0)
+        >>> x, c = rng.normal(size=(64, 2)), rng.integers(0, 2, (64, 1))
         >>> history = model.fit(x, c, batch_size=32, epochs=1, verbose=0)
         >>> model.log_prob(x[:3], c[:3]).shape, model.sample(5, context=[1.0], seed=1).shape
         (TensorShape([3]), TensorShape([5, 2]))
