@@ -37,8 +37,10 @@ class GraphMemoCache(cache_util.BijectorCache):
     at the same ``y`` (or, through ``experimental_compute_density_correction``, at the
     resulting ``x``); those later requests are answered from the memo, so a coupling's
     conditioner runs once per ``log_prob``, as in the fused walk of ``FlowModel.log_prob``. A
-    symbolic result reads the weights when the graph runs, so it cannot be stale. Calls with
-    extra keyword arguments are never memoised.
+    symbolic result reads the weights when the graph runs, so across calls of a ``tf.function``
+    it cannot be stale; only a weight assigned *between* two calls on the same tensor inside one
+    traced function would go unseen (as with TFP's own cache). A keyword argument (a context)
+    is part of the key, by identity; one that cannot be weakly referenced turns the memo off.
     """
 
     def _memo(self) -> dict:
