@@ -3,7 +3,8 @@
 Both builders return an :class:`ImageFlowModel` (a ``FlowModel``) over ``(H, W, C)`` images of
 8-bit pixel values in ``[0, 256)``: ``dequantize=True`` adds uniform noise in training and the
 last link of the chain is :class:`~tfp_coupling.bijectors.LogitPreprocessing`, so ``log_prob`` is
-a density on ``[0, 256)^D`` and ``-log_prob / (D ln 2)`` is the papers' bits per dimension.
+a density on ``[0, 256)^D`` and ``-log_prob / (D ln 2)`` is the papers' bits per dimension
+(:func:`tfp_coupling.flow_bits_per_dim`; sample grids: :func:`tfp_coupling.plots.flow_sample_grid`).
 
 Every chain below is written in the data -> latent order, the order of ``inverse`` (the
 direction of ``log_prob``): ``Chain([b_1, ..., b_n])`` maps data ``x`` to ``z`` by

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 __all__ = ["builder_config", "config_with_defaults", "get_builder", "register_builder"]
@@ -64,8 +64,9 @@ def builder_config(builder: Callable, arguments: Mapping[str, Any]) -> dict:
     """``{"builder": name, **arguments}``: the config that makes ``builder`` build the flow again.
 
     ``arguments`` are the builder's own (``locals()`` at its start): every parameter of its
-    signature but ``name`` is recorded, sequences as lists and ``dtype`` by its name, so that the
-    config is JSON and has one key per argument by construction.
+    signature but ``name`` is recorded, sequences (lists, tuples, arrays, ``TensorShape``) as
+    lists of Python numbers and ``dtype`` by its name, so that the config is JSON and has one
+    key per argument by construction.
     """
     config: dict[str, Any] = {"builder": builder.__name__}
     for key in inspect.signature(builder).parameters:
@@ -74,7 +75,7 @@ def builder_config(builder: Callable, arguments: Mapping[str, Any]) -> dict:
         value = arguments[key]
         if key == "dtype":
             value = getattr(value, "name", value)
-        elif isinstance(value, list | tuple):
+        elif isinstance(value, Iterable) and not isinstance(value, str | bytes | Mapping):
             value = [v.item() if hasattr(v, "item") else v for v in value]
         config[key] = value
     return config
