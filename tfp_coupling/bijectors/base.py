@@ -218,26 +218,27 @@ class FlowBijector(tfb.Bijector):
     # TFP's public methods convert their input before a subclass sees it; these overrides check
     # its dtype first, so a tensor of the wrong dtype gets the message of _check_dtype, while
     # NumPy arrays and Python numbers are converted to the flow dtype as TFP's bijectors do.
+    # They call the base class by name and are not converted by AutoGraph: inside a
+    # tf.function, AutoGraph's rewrite of a zero-argument super() can bind the wrong method.
+    @tf.autograph.experimental.do_not_convert
     def forward(self, x, name: str = "forward", **kwargs) -> tf.Tensor:
-        return super().forward(self._check_dtype(x, "x"), name=name, **kwargs)
+        return tfb.Bijector.forward(self, self._check_dtype(x, "x"), name=name, **kwargs)
 
+    @tf.autograph.experimental.do_not_convert
     def inverse(self, y, name: str = "inverse", **kwargs) -> tf.Tensor:
-        return super().inverse(self._check_dtype(y, "y"), name=name, **kwargs)
+        return tfb.Bijector.inverse(self, self._check_dtype(y, "y"), name=name, **kwargs)
 
+    @tf.autograph.experimental.do_not_convert
     def forward_log_det_jacobian(self, x, event_ndims=None, name: str = "forward_log_det_jacobian",
                                  **kwargs) -> tf.Tensor:
-        return super().forward_log_det_jacobian(self._check_dtype(x, "x"), event_ndims,
-                                                name=name, **kwargs)
+        return tfb.Bijector.forward_log_det_jacobian(self, self._check_dtype(x, "x"), event_ndims,
+                                                     name=name, **kwargs)
 
+    @tf.autograph.experimental.do_not_convert
     def inverse_log_det_jacobian(self, y, event_ndims=None, name: str = "inverse_log_det_jacobian",
                                  **kwargs) -> tf.Tensor:
-        return super().inverse_log_det_jacobian(self._check_dtype(y, "y"), event_ndims,
-                                                name=name, **kwargs)
-
-    @property
-    def is_conditional(self) -> bool:
-        """Whether calls take a ``context=`` keyword (conditional couplings)."""
-        return False
+        return tfb.Bijector.inverse_log_det_jacobian(self, self._check_dtype(y, "y"), event_ndims,
+                                                     name=name, **kwargs)
 
     def forward_and_log_det(self, x: tf.Tensor, **kwargs) -> tuple[tf.Tensor, tf.Tensor]:
         """``(forward(x), forward_log_det_jacobian(x))`` with one evaluation of the transform.
