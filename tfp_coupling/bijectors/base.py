@@ -240,6 +240,11 @@ class FlowBijector(tfb.Bijector):
         return tfb.Bijector.inverse_log_det_jacobian(self, self._check_dtype(y, "y"), event_ndims,
                                                      name=name, **kwargs)
 
+    @property
+    def is_conditional(self) -> bool:
+        """Whether calls take a ``context=`` keyword (conditional couplings)."""
+        return False
+
     def forward_and_log_det(self, x: tf.Tensor, **kwargs) -> tuple[tf.Tensor, tf.Tensor]:
         """``(forward(x), forward_log_det_jacobian(x))`` with one evaluation of the transform.
 
