@@ -170,3 +170,22 @@ def test_class_conditional_image_flow():
     history = model.fit(images, classes, batch_size=32, epochs=1, verbose=0)
     assert np.isfinite(history.history["bits_per_dim"]).all()
     assert model.sample(3, context=one_hot, seed=0).shape == (3, 4, 4, 1)
+
+
+def test_conditional_export_runs_in_saved_model_cli(moons_pair, tmp_path):
+    from pathlib import Path
+
+    model, _, _ = moons_pair
+    model.export(tmp_path / "flow")
+    cli = str(Path(sys.executable).parent / "saved_model_cli")
+    x = np.array([[0.1, 0.2], [1.5, -0.4], [-1.0, 0.5]], np.float32)
+    c = np.array([[0.0], [1.0], [1.0]], np.float32)
+    run = subprocess.run(
+        [cli, "run", "--dir", str(tmp_path / "flow"), "--tag_set", "serve", "--signature_def",
+         "log_prob", "--input_exprs", f"x={x.tolist()};context={c.tolist()}",
+         "--outdir", str(tmp_path / "out")],
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True, text=True,
+        timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "output_0.npy"),
+                               model.log_prob(x, c), atol=1e-5)
