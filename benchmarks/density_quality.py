@@ -120,6 +120,7 @@ class BestEpoch(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.on_epoch_end(-1)
+        self.start_weights = self.model.get_weights()
 
     def on_epoch_end(self, epoch, logs=None):
         nll = -float(np.mean(self.model.log_prob(self.val)))
@@ -128,15 +129,28 @@ class BestEpoch(keras.callbacks.Callback):
 
 
 def train_ours(build: Callable[[int], tc.FlowModel], s: Split, budget: Budget, seed: int,
-               clipnorm: float | None = None):
-    """``(test NLL, epoch-mean training NLLs)`` of a tfp-coupling flow."""
+               clipnorm: float | None = None, weight_decay: float | None = None,
+               info: dict | None = None):
+    """``(test NLL, epoch-mean training NLLs)`` of a tfp-coupling flow.
+
+    ``weight_decay``: Keras' decoupled decay (``w -= lr * weight_decay * w`` per step, AdamW).
+    ``info``, if given, receives ``start``: the test NLL of the untrained (initialised) flow.
+    """
     keras.utils.set_random_seed(seed)
     model = build(s.train.shape[1])
-    model.compile(optimizer=keras.optimizers.Adam(budget.lr, global_clipnorm=clipnorm),
-                  jit_compile=True)
+    opt = keras.optimizers.Adam(budget.lr, global_clipnorm=clipnorm, weight_decay=weight_decay)
+    if weight_decay:  # decay the conditioners only, not the data-initialised whitening/ActNorm
+        from tfp_coupling.bijectors.actnorm import data_initialized_layers
+
+        opt.exclude_from_weight_decay(var_list=[
+            v for layer in data_initialized_layers(model) for v in layer.weights])
+    model.compile(optimizer=opt, jit_compile=True)
     best = BestEpoch(s.val)
     hist = model.fit(s.train, batch_size=budget.batch_size, epochs=budget.epochs, verbose=0,
                      callbacks=[best])
+    if info is not None:
+        model.set_weights(best.start_weights)
+        info["start"] = -float(np.mean(model.log_prob(s.test))) + s.correction
     model.set_weights(best.weights)
     test = -float(np.mean(model.log_prob(s.test))) + s.correction
     return test, [float(v) for v in hist.history["nll"]]

@@ -18,17 +18,41 @@ Rows:
   the data->latent map never expands through a coupling.
 * ``fan-in, clip 1``: global gradient-norm clipping at 1.
 
+Second ablation: ``default`` is ``tc.realnvp_flow`` itself (whitened by a data-initialised
+``TriLAffine``, clamp ``2 tanh(s / 2)``); every other row rebuilds it with one change:
+
+* ``zuko clip 6.9`` / ``zuko clip 3``: zuko's soft clip ``s / (1 + |s| / c)`` instead of tanh.
+* ``clamp 3``: ``3 tanh(s / 3)``.
+* ``no whiten``: without the ``TriLAffine``.
+* ``actnorm``: an ``ActNorm`` (data-initialised) between consecutive couplings.
+* ``data->latent``: each coupling's affine map in the normalizing direction, as zuko and the
+  RealNVP paper have it: ``z_b = x_b * exp(s(x_a)) + t(x_a)`` on the way from data to latent
+  (the shift added after the scale, in latent units), instead of ``x_b = z_b * exp(s) + t``.
+* ``random last layer``: the conditioners' output layer initialised like the hidden ones
+  (zuko's PyTorch default) instead of zeros.
+* ``alternating masks``: ``mask="alternating"`` (the same split for 2-D data).
+* ``zuko-like`` (and ``, whiten``): data->latent, zuko clip 6.9, random last layer.
+* ``wd 1e-4``, ``wd 1e-3``, ``hidden 32``, ``4 couplings``: regularisation for the tables
+  (``--tables``): Keras' decoupled weight decay on the conditioners, hidden [32, 32], 4 couplings.
+* ``nice``, ``nice 8``: ``tc.nice_flow`` with 4 (its default) and 8 couplings; the runs record
+  the test NLL of the initialised flow as ``start``.
+
 Usage::
 
     python benchmarks/fit_ablation.py                      # 3 seeds, three densities
     python benchmarks/fit_ablation.py --quick              # smoke run
+    python benchmarks/fit_ablation.py --datasets rings --seeds 5 --gaussian
+        --variants default "data->latent" --results runs.jsonl   # (one line) resumable
+    python benchmarks/fit_ablation.py --tables wine --variants default "wd 1e-3" --no-peer
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -37,12 +61,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import keras
 import numpy as np
 import tensorflow as tf
-import tensorflow_probability as tfp
 from density_quality import (
+    TABLES,
+    TOY,
     Budget,
     Cell,
+    gaussian_nll,
     max_epoch_ratio,
     peer_available,
+    table_split,
     toy_split,
     train_ours,
     train_zuko,
@@ -50,13 +77,43 @@ from density_quality import (
 
 import tfp_coupling as tc
 
+# Rows of the first ablation (2026-11-26): an unwhitened flow, clamp 5, one change per row.
+_OLD = {"whiten": False, "clamp": 5.0}
+# Rows of the second: the ``realnvp_flow`` default (whitened, clamp 2), one change per row.
+_NEW = {"whiten": True, "clamp": 2.0}
+
 VARIANTS: dict[str, dict] = {
-    "zero biases": {"init": "zero_bias"},
-    "fan-in": {},
-    "fan-in, clamp 2": {"clamp": 2.0},
-    "fan-in, data->latent": {"normalizing": True},
-    "fan-in, data->latent, sigmoid": {"normalizing": True, "sigmoid": True},
-    "fan-in, clip 1": {"clip": 1.0},
+    "zero biases": {**_OLD, "init": "zero_bias"},
+    "fan-in": {**_OLD},
+    "fan-in, clamp 2": {**_OLD, "clamp": 2.0},
+    "fan-in, data->latent": {**_OLD, "normalizing": True},
+    "fan-in, data->latent, sigmoid": {**_OLD, "normalizing": True, "sigmoid": True},
+    "fan-in, clip 1": {**_OLD, "clip": 1.0},
+    # Second ablation: each row is ``tc.realnvp_flow``'s default with one or two changes.
+    "default": {"builder": True},
+    "zuko clip 6.9": {**_NEW, "clamp": 6.9, "form": "zuko"},
+    "zuko clip 3": {**_NEW, "clamp": 3.0, "form": "zuko"},
+    "clamp 3": {**_NEW, "clamp": 3.0},
+    "no whiten": {**_NEW, "whiten": False},
+    "actnorm": {**_NEW, "actnorm": True},
+    "data->latent": {**_NEW, "normalizing": True},
+    "random last layer": {**_NEW, "zero_out": False},
+    "alternating masks": {**_NEW, "mask": "alternating"},
+    "zuko-like": {"whiten": False, "clamp": 6.9, "form": "zuko", "normalizing": True,
+                  "zero_out": False},
+    "zuko-like, whiten": {"whiten": True, "clamp": 6.9, "form": "zuko", "normalizing": True,
+                          "zero_out": False},
+    "data->latent, zuko clip 6.9": {**_NEW, "clamp": 6.9, "form": "zuko", "normalizing": True},
+    "data->latent, clamp 3": {**_NEW, "clamp": 3.0, "normalizing": True},
+    "data->latent, random last layer": {**_NEW, "normalizing": True, "zero_out": False},
+    # Table rows (regularisation for small tables).
+    "wd 1e-4": {"builder": True, "weight_decay": 1e-4},
+    "wd 1e-3": {"builder": True, "weight_decay": 1e-3},
+    "hidden 32": {"builder": True, "hidden": (32, 32)},
+    "4 couplings": {"builder": True, "couplings": 4},
+    # NICE (``tc.nice_flow``): its default 4 couplings against 8.
+    "nice": {"builder": "nice", "couplings": 4},
+    "nice 8": {"builder": "nice", "couplings": 8},
 }
 
 
@@ -68,22 +125,62 @@ class SigmoidScaleCoupling(tc.AffineCoupling):
         return [shift, tf.math.log(tf.sigmoid(raw + 2.0) + 1e-3)]
 
 
-def build(variant: dict, dim: int, couplings: int = 8, hidden=(64, 64)) -> tc.FlowModel:
-    steps = []
-    for m in tc.mask_sequence([dim], couplings):
+class ZukoClipCoupling(tc.AffineCoupling):
+    """Affine coupling with zuko's soft clip ``s / (1 + |s| / c)``, ``|s| < c`` (zuko: ln 1e3)."""
+
+    def _constrain(self, params):
+        shift, raw = params
+        return [shift, raw / (1.0 + tf.abs(raw) * (1.0 / self.log_scale_clamp))]
+
+
+def normalizing(cls):
+    """``cls`` with its affine map in the data -> latent direction (zuko, the RealNVP paper).
+
+    The inverse (data -> latent) is ``z_b = x_b * exp(s) + t`` and the forward its inverse,
+    ``x_b = (z_b - t) * exp(-s)``, log-det ``-sum(s)``.
+    """
+
+    class Normalizing(cls):
+        def _transform(self, x_b, params):
+            return super()._inverse_transform(x_b, params)
+
+        def _inverse_transform(self, y_b, params):
+            return super()._transform(y_b, params)
+
+        def _log_det(self, x, params):
+            return -super()._log_det(x, params)
+
+    Normalizing.__name__ = f"Normalizing{cls.__name__}"
+    return Normalizing
+
+
+def build(variant: dict, dim: int) -> tc.FlowModel:
+    couplings, hidden = variant.get("couplings", 8), variant.get("hidden", (64, 64))
+    if variant.get("builder") == "nice":
+        return tc.nice_flow([dim], num_couplings=couplings, hidden_units=hidden)
+    if variant.get("builder"):
+        return tc.realnvp_flow([dim], num_couplings=couplings, hidden_units=hidden)
+    if variant.get("sigmoid"):
+        cls = SigmoidScaleCoupling
+    elif variant.get("form") == "zuko":
+        cls = ZukoClipCoupling
+    else:
+        cls = tc.AffineCoupling
+    if variant.get("normalizing"):
+        cls = normalizing(cls)
+    clamp = None if variant.get("sigmoid") else variant.get("clamp", 5.0)
+    steps = [tc.TriLAffine(dim)] if variant.get("whiten") else []
+    for i, m in enumerate(tc.mask_sequence([dim], couplings, variant.get("mask"))):
+        if variant.get("actnorm") and i > 0:
+            steps.append(tc.ActNorm([dim], name=f"actnorm_{i}"))
         b = tc.masks.Partition(m).b_shape[-1]
-        net = tc.nets.MLP(hidden, [2 * b])
-        if variant.get("sigmoid"):
-            steps.append(SigmoidScaleCoupling(m, net, log_scale_clamp=None))
-        else:
-            steps.append(tc.AffineCoupling(m, net, log_scale_clamp=variant.get("clamp", 5.0)))
-    chain = tc.Chain(steps)
-    bijector = tfp.bijectors.Invert(chain) if variant.get("normalizing") else chain
-    model = tc.FlowModel(bijector, [dim])
+        net = tc.nets.MLP(hidden, [2 * b], zero_init=variant.get("zero_out", True))
+        steps.append(cls(m, net, log_scale_clamp=clamp))
+    model = tc.FlowModel(tc.Chain(steps), [dim])
     if variant.get("init") == "zero_bias":
         rng = np.random.default_rng(int(keras.random.randint((), 0, 2**30)))
         for layer in model.flow_layers:
-            for dense in layer.hidden:
+            for dense in getattr(layer, "hidden", []):
                 fan_in, fan_out = dense.kernel.shape
                 limit = np.sqrt(6.0 / (fan_in + fan_out))
                 dense.kernel.assign(rng.uniform(-limit, limit, dense.kernel.shape))
@@ -91,45 +188,103 @@ def build(variant: dict, dim: int, couplings: int = 8, hidden=(64, 64)) -> tc.Fl
     return model
 
 
+def _load(path: str | None) -> list[dict]:
+    if not path or not Path(path).exists():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def table(records: list[dict], rows: list[str], datasets: list[str]) -> str:
+    """Markdown table ``mean ± sd (worst)`` per row and dataset, from result records."""
+    cells = {(r, d): Cell() for r in rows for d in datasets}
+    seeds = set()
+    for rec in records:
+        key = (rec["variant"], rec["data"])
+        if key in cells:
+            cells[key].add(rec["nll"], rec["history"])
+            seeds.add(rec["seed"])
+    lines = ["| variant | " + " | ".join(datasets) + " | spike |",
+             "| --- |" + " --- |" * (len(datasets) + 1)]
+    for r in rows:
+        spike = max(cells[r, d].spike for d in datasets)
+        lines.append(f"| {r} | " + " | ".join(cells[r, d].text() for d in datasets)
+                     + f" | {spike:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--datasets", nargs="*",
+    parser.add_argument("--datasets", nargs="*", choices=TOY,
                         default=["two_moons", "eight_gaussians", "circles"])
+    parser.add_argument("--tables", nargs="*", default=[], choices=TABLES,
+                        help="tables instead of 2-D data (Adam 1e-4, batch 64, 300 epochs)")
     parser.add_argument("--variants", nargs="*", choices=list(VARIANTS),
-                        default=[v for v in VARIANTS if "sigmoid" not in v])
+                        default=[v for v in VARIANTS if list(VARIANTS).index(v) < 6
+                                 and "sigmoid" not in v])
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="default: 30 for 2-D data, 300 for tables")
     parser.add_argument("--no-peer", action="store_true", help="skip the zuko row")
+    parser.add_argument("--gaussian", action="store_true", help="add the Gaussian row")
+    parser.add_argument("--results", help="JSON-lines file: append every run; runs already "
+                        "in it (same row, data, seed, epochs) are reused, not repeated")
+    parser.add_argument("--report", action="store_true",
+                        help="print the table of the runs in --results only, train nothing")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny data, 1 seed")
     args = parser.parse_args(argv)
     n = None
+    names = args.tables or args.datasets
+    kind = "table" if args.tables else "toy"
+    if args.epochs is None:
+        args.epochs = 300 if args.tables else 30
     if args.quick:
         args.seeds, args.epochs, n = 1, 2, 512
-        args.datasets = args.datasets[:1]
-    budget = Budget(args.epochs, 256, 1e-3)
-    rows = list(args.variants) + (["zuko"] if peer_available() and not args.no_peer else [])
-    cells = {(r, d): Cell() for r in rows for d in args.datasets}
-    for d in args.datasets:
-        for seed in range(args.seeds):
-            split = toy_split(d, seed, n)
-            for r in rows:
-                if r == "zuko":
-                    nll, hist = train_zuko(split, budget, seed)
-                else:
-                    v = VARIANTS[r]
-                    nll, hist = train_ours(lambda dim, v=v: build(v, dim), split, budget, seed,
-                                           clipnorm=v.get("clip"))
-                cells[r, d].add(nll, hist)
-                print(f"{d} seed {seed} {r}: {nll:.3f}, spike {max_epoch_ratio(hist):.2f}",
-                      flush=True)
-    print(f"\nTest NLL (nats), mean ± sd (worst) over {args.seeds} seed(s), {args.epochs} "
-          f"epochs; spike = max epoch ratio over all runs of the row\n")
-    print("| variant | " + " | ".join(args.datasets) + " | spike |")
-    print("| --- |" + " --- |" * (len(args.datasets) + 1))
-    for r in rows:
-        spike = max(cells[r, d].spike for d in args.datasets)
-        print(f"| {r} | " + " | ".join(cells[r, d].text() for d in args.datasets)
-              + f" | {spike:.2f} |")
+        names = names[:1]
+    budget = Budget(args.epochs, 64, 1e-4) if args.tables else Budget(args.epochs, 256, 1e-3)
+    peer = peer_available() and not args.no_peer
+    if peer:
+        import torch
+
+        torch.set_num_threads(1)  # tiny matrices: one thread is faster on a shared machine
+    rows = (["gaussian"] if args.gaussian else []) + list(args.variants) + (
+        ["zuko"] if peer else [])
+    records = _load(args.results)
+    if not args.report:
+        done = {(r["variant"], r["data"], r["seed"], r["epochs"]) for r in records}
+        for d in names:
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
+                split = toy_split(d, seed, n) if kind == "toy" else table_split(d, seed)
+                for r in rows:
+                    if (r, d, seed, args.epochs) in done:
+                        continue  # resume: a run already in --results is not repeated
+                    start, info = time.perf_counter(), {}
+                    if r == "gaussian":
+                        nll, hist = gaussian_nll(split), []
+                    elif r == "zuko":
+                        nll, hist = train_zuko(split, budget, seed)
+                    else:
+                        v = VARIANTS[r]
+                        nll, hist = train_ours(lambda dim, v=v: build(v, dim), split, budget,
+                                               seed, clipnorm=v.get("clip"),
+                                               weight_decay=v.get("weight_decay"),
+                                               info=info)
+                    rec = {"variant": r, "data": d, "seed": seed, "epochs": args.epochs,
+                           "nll": nll, "history": hist, **info}
+                    records.append(rec)
+                    if args.results and not args.quick:
+                        with open(args.results, "a") as f:
+                            f.write(json.dumps(rec) + "\n")
+                    begin = f" (start {info['start']:.3f})" if "start" in info else ""
+                    print(f"{d} seed {seed} {r}: {nll:.3f}{begin}, spike "
+                          f"{max_epoch_ratio(hist):.2f}, {time.perf_counter() - start:.0f} s",
+                          flush=True)
+    records = [r for r in records if r["epochs"] == args.epochs and r["data"] in names
+               and args.first_seed <= r["seed"] < args.first_seed + args.seeds]
+    print(f"\nTest NLL (nats), mean ± sd (worst) over seeds {args.first_seed}.."
+          f"{args.first_seed + args.seeds - 1}, {args.epochs} epochs; spike = max epoch ratio "
+          f"over all runs of the row\n")
+    print(table(records, rows, names))
 
 
 if __name__ == "__main__":
