@@ -74,6 +74,21 @@ def test_coupling_image_harness(cls, kind):
     check_bijector(bij, [4, 4, 2])
 
 
+@pytest.mark.parametrize("mask", [masks.half_mask(5), masks.checkerboard_mask(4, 4, 2)],
+                         ids=["half", "checkerboard"])
+def test_normalizing_affine_coupling_harness(mask):
+    """The affine map written data -> latent: forward is the default's inverse map."""
+    event = list(Partition(mask).event_shape)
+    bij = make_coupling(tc.AffineCoupling, mask, normalizing=True,
+                        scale=0.3 if len(event) == 1 else 0.1)
+    check_bijector(bij, event)
+    plain = tc.AffineCoupling(mask, bij.conditioner, dtype=tf.float64)
+    x = np.random.default_rng(0).normal(size=[3, *event])
+    np.testing.assert_allclose(bij.forward(x), plain.inverse(x), atol=1e-12)
+    np.testing.assert_allclose(bij.forward_log_det_jacobian(x, len(event)),
+                               plain.inverse_log_det_jacobian(x, len(event)), atol=1e-12)
+
+
 @pytest.mark.parametrize("event_shape", [[5], [4, 4, 2]])
 def test_rescaling_harness(event_shape):
     check_bijector(make_rescaling(event_shape), event_shape)

@@ -329,11 +329,23 @@ class AffineCoupling(Coupling):
     The soft clamp keeps the scale ``exp(s)`` in ``(exp(-c), exp(c))``: never 0, never inf, even
     for a diverging conditioner, while its slope 1 at 0 leaves small log-scales untouched.
 
+    With ``normalizing=True`` the affine map is written in the data -> latent direction, as in
+    the RealNVP paper and zuko (``forward`` maps latent to data, so it is the inverse map)::
+
+        forward (latent -> data):  y_b = (x_b - t(x_a)) * exp(-s)
+        inverse (data -> latent):  x_b = y_b * exp(s(y_a)) + t(y_a)
+        log|det J| = -sum(s)
+
+    The same family of maps from the same identity start; only training differs: the shift
+    acts in latent units, where the default's NLL sees ``(x_b - t) * exp(-s)`` and the shift's
+    gradient is scaled by ``exp(-s)``. ``realnvp_flow`` uses it (see its docstring for why).
+
     Args:
         mask: boolean array over the event; ``True`` marks the kept part ``x_a``.
         shift_and_log_scale_fn: conditioner returning ``[N, ..., 2 * b]`` (shift first, then raw
             log-scale, split along the last axis) or a pair ``(shift, log_scale)``.
         log_scale_clamp: ``c`` above (default 5.0); ``None`` disables the clamp.
+        normalizing: write the map in the data -> latent direction (above).
         context_shape: ``[c]`` for a conditional coupling (see :class:`Coupling`).
         dtype: float dtype of the flow.
         validate_args: also check event shapes known only at run time.
@@ -361,6 +373,7 @@ class AffineCoupling(Coupling):
         shift_and_log_scale_fn: Conditioner,
         *,
         log_scale_clamp: float | None = 5.0,
+        normalizing: bool = False,
         context_shape: Sequence[int] | None = None,
         dtype: tf.DType | str = tf.float32,
         validate_args: bool = False,
@@ -369,6 +382,7 @@ class AffineCoupling(Coupling):
         if log_scale_clamp is not None and not log_scale_clamp > 0:
             raise ValueError(f"log_scale_clamp must be positive or None, got {log_scale_clamp}")
         self.log_scale_clamp = log_scale_clamp
+        self.normalizing = bool(normalizing)
         super().__init__(
             mask, shift_and_log_scale_fn, context_shape=context_shape, dtype=dtype,
             is_constant_jacobian=False,
@@ -384,14 +398,19 @@ class AffineCoupling(Coupling):
 
     def _transform(self, x_b, params):
         shift, log_scale = params
+        if self.normalizing:
+            return (x_b - shift) * tf.exp(-log_scale)
         return x_b * tf.exp(log_scale) + shift
 
     def _inverse_transform(self, y_b, params):
         shift, log_scale = params
+        if self.normalizing:
+            return y_b * tf.exp(log_scale) + shift
         return (y_b - shift) * tf.exp(-log_scale)
 
     def _log_det(self, x, params):
-        return self._sum_event(params[1])
+        log_det = self._sum_event(params[1])
+        return -log_det if self.normalizing else log_det
 
 
 TransformFn = Callable[[list[tf.Tensor]], tfb.Bijector]

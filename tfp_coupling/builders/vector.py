@@ -81,7 +81,7 @@ def _coupling_stack(
 
 def nice_flow(
     event_shape: Sequence[int],
-    num_couplings: int = 4,
+    num_couplings: int = 8,
     hidden_units: Sequence[int] = (64, 64),
     rescale: bool = True,
     mask: str | None = None,
@@ -104,8 +104,10 @@ def nice_flow(
     ``zero_init=True`` restores the identity start: use it where some dimensions vary far less
     than others (e.g. flattened pixels), which a random start would shift by many of their
     standard deviations. ``whiten`` as in :func:`realnvp_flow`, off by default: the couplings
-    and the rescaling are NICE's whole model. ``context_shape=[c]`` makes it conditional,
-    ``p(x | context)`` (see :class:`tfp_coupling.FlowModel`).
+    and the rescaling are NICE's whole model. 8 couplings (NICE's paper used 4): on circles,
+    3 seeds, 0.47 nats below the Gaussian start against 0.23 with 4 (``fit_ablation.py``).
+    ``context_shape=[c]`` makes it conditional, ``p(x | context)`` (see
+    :class:`tfp_coupling.FlowModel`).
 
     Example:
         >>> import tfp_coupling as tc
@@ -134,6 +136,7 @@ def realnvp_flow(
     log_scale_clamp: float | None = 2.0,
     activation: str = "relu",
     whiten: bool = True,
+    normalizing: bool = True,
     context_shape: Sequence[int] | None = None,
     dtype: tf.DType | str = "float32",
     name: str | None = None,
@@ -153,8 +156,14 @@ def realnvp_flow(
     with 5, one of three eight-Gaussians seeds ended at a test NLL of 85 nats (a few test
     points sent to enormous latents through several couplings each expanding by up to e^5);
     with 2 the worst seed was 3.41. 8 couplings with hidden [64, 64] is the budget of the
-    peer it is compared with in ``benchmarks/density_quality.py``. ``context_shape=[c]`` makes
-    it conditional, ``p(x | context)`` (see :class:`tfp_coupling.FlowModel`).
+    peer it is compared with in ``benchmarks/density_quality.py``.
+
+    ``normalizing`` (default on) writes each affine map from data to latent, as the RealNVP
+    paper does (see :class:`tfp_coupling.AffineCoupling`). Measured by ``fit_ablation.py`` over
+    5 seeds against the other direction, paired: two moons 0.072 nats better, circles 0.146,
+    rings 0.018, pinwheel 0.021, eight Gaussians 0.003 worse; largest epoch-to-epoch rise of the
+    training NLL 1.12x against 1.39x. ``context_shape=[c]`` makes the flow conditional,
+    ``p(x | context)`` (see :class:`tfp_coupling.FlowModel`).
 
     Example:
         >>> import tfp_coupling as tc
@@ -167,7 +176,7 @@ def realnvp_flow(
     name = name or "realnvp"
     steps = _whitening(event_shape, whiten, dtype, name) + _coupling_stack(
         AffineCoupling, event_shape, num_couplings, hidden_units, mask, activation, dtype, name,
-        log_scale_clamp=log_scale_clamp, context_shape=context_shape)
+        log_scale_clamp=log_scale_clamp, normalizing=normalizing, context_shape=context_shape)
     return FlowModel(Chain(steps, name=name), event_shape, flow_dtype=dtype,
                      flow_config=config, context_shape=context_shape, name=name)
 

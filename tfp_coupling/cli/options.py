@@ -33,7 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "jit": False,
 }
 # Vector flows: the library's defaults (benchmarks/density_quality.py chose them).
-DEFAULT_COUPLINGS = {"nice": 4, "realnvp": 8, "nice-image": 4, "realnvp-image": 3}
+DEFAULT_COUPLINGS = {"nice": 8, "realnvp": 8, "nice-image": 4, "realnvp-image": 3}
 # realnvp-image: --hidden is the width (channels) of its ResNet conditioners.
 DEFAULT_HIDDEN = {"nice": "128,128", "realnvp": "64,64", "nice-image": "256,256",
                   "realnvp-image": "32"}
