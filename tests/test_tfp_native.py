@@ -316,7 +316,7 @@ def test_conditional_chain_harness_and_per_example_context():
 def test_conditional_errors_name_the_problem():
     bij = _conditional(tc.AffineCoupling, masks.half_mask(4))
     x = tf.zeros([2, 4], tf.float64)
-    with pytest.raises(ValueError, match=r"conditional .*pass context="):
+    with pytest.raises(ValueError, match=r"conditional .*pass a context"):
         bij.forward(x)
     with pytest.raises(ValueError, match=r"context has shape \[2, 5\], expected \[..., 3\]"):
         bij.forward(x, context=np.zeros([2, 5]))

@@ -304,6 +304,23 @@ class FlowBijector(tfb.Bijector):
         return x
 
 
+def check_context_given(owner: str, context_shape, context) -> bool:
+    """Raises ``ValueError`` unless a context is given exactly when ``context_shape`` is set.
+
+    Returns whether there is a context to use. Shared by conditional couplings and
+    ``FlowModel`` so that both say the same thing.
+    """
+    if context_shape is None:
+        if context is not None:
+            raise ValueError(f"{owner}: got a context, but it is not conditional (build it "
+                             f"with context_shape=[c])")
+        return False
+    if context is None:
+        raise ValueError(f"{owner}: it is conditional (context_shape {list(context_shape)}): "
+                         f"pass a context")
+    return True
+
+
 def _tf_variable(variable) -> tf.Variable:
     """The ``tf.Variable`` behind a Keras 3 variable (TensorFlow backend)."""
     if isinstance(variable, tf.Variable):

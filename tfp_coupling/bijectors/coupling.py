@@ -24,7 +24,7 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfp_coupling.bijectors.base import FlowBijector
+from tfp_coupling.bijectors.base import FlowBijector, check_context_given
 from tfp_coupling.masks import Partition
 
 tfb = tfp.bijectors
@@ -120,14 +120,8 @@ class Coupling(FlowBijector):
     def _check_context(self, context) -> tf.Tensor | None:
         """The context as a flow-dtype tensor; raises if given to an unconditional coupling or
         missing from a conditional one, or if its last axis is not ``context_shape``."""
-        if self.context_shape is None:
-            if context is not None:
-                raise ValueError(f"{self.name}: got a context, but this coupling is not "
-                                 f"conditional (build it with context_shape=[c])")
+        if not check_context_given(self.name, self.context_shape, context):
             return None
-        if context is None:
-            raise ValueError(f"{self.name}: this coupling is conditional (context_shape "
-                             f"{list(self.context_shape)}): pass context=")
         context = self._check_dtype(context, "context")
         c = self.context_shape[0]
         if context.shape.rank == 0 or (context.shape.rank is not None

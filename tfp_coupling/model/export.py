@@ -110,89 +110,57 @@ def _draw_base(model: FlowModel, n, temperature, seed) -> tf.Tensor:
     return base_noise(shape, dtype, seed) * temperature
 
 
-def _build_conditional_archive(model: FlowModel) -> keras.export.ExportArchive:
-    """The endpoints of a conditional flow: each takes a ``context [N, c]`` as well."""
-    dtype = model.flow_dtype
-    event = list(model.event_shape)
-    x_spec = tf.TensorSpec([None, *event], dtype, name="x")
-    z_spec = tf.TensorSpec([None, *event], dtype, name="z")
-    c_spec = tf.TensorSpec([None, *model.context_shape], dtype, name="context")
-    t_spec = tf.TensorSpec([], dtype, name="temperature")
-    s_spec = tf.TensorSpec([], tf.int32, name="seed")
-
-    def context_of(context, endpoint):
-        return _checked_input(context, endpoint, "context")
-
-    def log_prob(x, context):
-        return model.log_prob(_checked_input(x, "log_prob", "x"), context_of(context, "log_prob"))
-
-    def forward(z, context):
-        return model.forward(_checked_input(z, "forward", "z"), context_of(context, "forward"))
-
-    def inverse(x, context):
-        return model.inverse(_checked_input(x, "inverse", "x"), context_of(context, "inverse"))
-
-    def sample(context, temperature=1.0, seed=-1):
-        context = context_of(context, "sample")
-        z = _draw_base(model, tf.shape(context)[0], temperature, seed)
-        return model.forward(z, context)
-
-    sample_fn = tf.function(sample, autograph=False)
-    sample_fn.get_concrete_function(c_spec)
-    sample_fn.get_concrete_function(c_spec, t_spec)
-    sample_fn.get_concrete_function(c_spec, t_spec, s_spec)
-
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("log_prob", log_prob, input_signature=[x_spec, c_spec])
-    archive.add_endpoint("sample", sample_fn)
-    archive.add_endpoint("sample_with_options", sample, input_signature=[c_spec, t_spec, s_spec])
-    archive.add_endpoint("forward", forward, input_signature=[z_spec, c_spec])
-    archive.add_endpoint("inverse", inverse, input_signature=[x_spec, c_spec])
-    return archive
-
-
 def _build_archive(model: FlowModel) -> keras.export.ExportArchive:
-    if model.is_conditional:
-        return _build_conditional_archive(model)
+    """One endpoint per function; a conditional flow's take a ``context [N, c]`` as well, and
+    its ``sample`` draws one example per context row instead of taking ``n``."""
     dtype = model.flow_dtype
     event = list(model.event_shape)
     x_spec = tf.TensorSpec([None, *event], dtype, name="x")
     z_spec = tf.TensorSpec([None, *event], dtype, name="z")
-    n_spec = tf.TensorSpec([], tf.int32, name="n")
     t_spec = tf.TensorSpec([], dtype, name="temperature")
     s_spec = tf.TensorSpec([], tf.int32, name="seed")
+    if model.is_conditional:
+        context = [tf.TensorSpec([None, *model.context_shape], dtype, name="context")]
+        first = context[0]  # sample(context): one draw per row
+    else:
+        context = []
+        first = tf.TensorSpec([], tf.int32, name="n")
 
-    def log_prob(x):
-        return model.log_prob(_checked_input(x, "log_prob", "x"))
+    def checked_context(endpoint, *c):
+        return [_checked_input(t, endpoint, "context") for t in c]
 
-    def forward(z):
-        return model.forward(_checked_input(z, "forward", "z"))
+    def log_prob(x, *c):
+        return model.log_prob(_checked_input(x, "log_prob", "x"),
+                              *checked_context("log_prob", *c))
 
-    def inverse(x):
-        return model.inverse(_checked_input(x, "inverse", "x"))
+    def forward(z, *c):
+        return model.forward(_checked_input(z, "forward", "z"), *checked_context("forward", *c))
 
-    def sample(n, temperature=1.0, seed=-1):
-        return model.forward(_draw_base(model, n, temperature, seed))
+    def inverse(x, *c):
+        return model.inverse(_checked_input(x, "inverse", "x"), *checked_context("inverse", *c))
 
-    def sample_with_options(n, temperature, seed):
-        return model.forward(_draw_base(model, n, temperature, seed))
+    if model.is_conditional:
+        def sample(context, temperature=1.0, seed=-1):
+            (c,) = checked_context("sample", context)
+            return model.forward(_draw_base(model, tf.shape(c)[0], temperature, seed), c)
+    else:
+        def sample(n, temperature=1.0, seed=-1):
+            return model.forward(_draw_base(model, n, temperature, seed))
 
-    # One tf.function, three traces: the first (n only) is the serving signature, the others let
-    # the loaded callable take a temperature and a seed.
+    # One tf.function, three traces: the first (n or context only) is the serving signature, the
+    # others let the loaded callable take a temperature and a seed.
     sample_fn = tf.function(sample, autograph=False)
-    sample_fn.get_concrete_function(n_spec)
-    sample_fn.get_concrete_function(n_spec, t_spec)
-    sample_fn.get_concrete_function(n_spec, t_spec, s_spec)
+    sample_fn.get_concrete_function(first)
+    sample_fn.get_concrete_function(first, t_spec)
+    sample_fn.get_concrete_function(first, t_spec, s_spec)
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("log_prob", log_prob, input_signature=[x_spec])  # serving_default
+    archive.add_endpoint("log_prob", log_prob, input_signature=[x_spec, *context])  # default
     archive.add_endpoint("sample", sample_fn)
-    archive.add_endpoint("sample_with_options", sample_with_options,
-                         input_signature=[n_spec, t_spec, s_spec])
-    archive.add_endpoint("forward", forward, input_signature=[z_spec])
-    archive.add_endpoint("inverse", inverse, input_signature=[x_spec])
+    archive.add_endpoint("sample_with_options", sample, input_signature=[first, t_spec, s_spec])
+    archive.add_endpoint("forward", forward, input_signature=[z_spec, *context])
+    archive.add_endpoint("inverse", inverse, input_signature=[x_spec, *context])
     return archive
 
 

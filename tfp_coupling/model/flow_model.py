@@ -13,7 +13,7 @@ import tensorflow_probability as tfp
 
 from tfp_coupling import dequantization
 from tfp_coupling.bijectors.actnorm import data_initialized_layers, initialize_from_data
-from tfp_coupling.bijectors.base import check_event_shape
+from tfp_coupling.bijectors.base import check_context_given, check_event_shape
 from tfp_coupling.callbacks import StopOnNonFiniteLoss
 from tfp_coupling.composition import fused
 from tfp_coupling.model import inputs, keras_workarounds, registry
@@ -185,14 +185,8 @@ class FlowModel(keras.Model):
     def _as_context(self, context, rows=None) -> tf.Tensor | None:
         """The context as a flow-dtype tensor ``[N, c]`` (a ``[c]`` context is broadcast to
         ``rows``); raises if it is missing, unexpected, mis-shaped or not finite."""
-        if self.context_shape is None:
-            if context is not None:
-                raise ValueError(f"{self.name}: got a context, but this flow is not conditional "
-                                 f"(build it with context_shape=[c])")
+        if not check_context_given(self.name, self.context_shape, context):
             return None
-        if context is None:
-            raise ValueError(f"{self.name}: this flow is conditional (context_shape "
-                             f"{list(self.context_shape)}): pass a context")
         if isinstance(context, np.ndarray | float | int | list):
             context = np.asarray(context)
             if context.dtype.kind not in "fiub":
