@@ -105,8 +105,9 @@ def test_density_quality_smoke():
 def test_fit_ablation_variants_build_and_differ():
     ab = _load_benchmark("fit_ablation")
     x = np.random.default_rng(0).normal(size=(64, 2)).astype("float32")
-    zero = ab.build(ab.VARIANTS["zero biases"], 2, couplings=2, hidden=(8,))
+    small = {"couplings": 2, "hidden": (8,)}
+    zero = ab.build({**ab.VARIANTS["zero biases"], **small}, 2)
     assert all(not np.any(d.bias.numpy()) for layer in zero.flow_layers for d in layer.hidden)
     for name, variant in ab.VARIANTS.items():
-        model = ab.build(variant, 2, couplings=2, hidden=(8,))
+        model = ab.build({**variant, **small}, 2)
         assert np.isfinite(model.log_prob(x).numpy()).all(), name
