@@ -325,3 +325,37 @@ def test_conditional_errors_name_the_problem():
         plain.forward(tf.zeros([2, 4]), context=np.zeros([2, 3]))
     with pytest.raises(ValueError, match="context_shape must be"):
         tc.AffineCoupling(masks.half_mask(4), nets.MLP([4], [4]), context_shape=[2, 2])
+
+
+def test_a_tf_module_and_a_users_keras_model_train_the_flow():
+    links = _couplings()
+    dist = tfd.TransformedDistribution(_base(2), tc.Chain(links))
+
+    class Holder(tf.Module):
+        def __init__(self, d):
+            super().__init__()
+            self.dist = d
+
+    assert {id(v) for v in Holder(dist).trainable_variables} == {
+        id(v) for v in dist.trainable_variables}
+
+    class UserModel(keras.Model):
+        """A user's own Keras model: it tracks the flow's layers, as FlowModel does."""
+
+        def __init__(self, d):
+            super().__init__()
+            self.flow_layers = tc.fused.collect_keras_layers(d.bijector)
+            self.__dict__["dist"] = d  # not a Keras layer: kept out of Keras' tracking
+
+        def call(self, x):
+            return self.dist.log_prob(x)
+
+    x = tc.data.load("two_moons", "train", n=1024)
+    x = (x - x.mean(0)) / x.std(0)
+    model = UserModel(dist)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                  loss=lambda _, log_p: -tf.reduce_mean(log_p))
+    assert len(model.trainable_variables) == len(dist.trainable_variables)
+    start = float(-np.mean(dist.log_prob(x)))
+    model.fit(x, np.zeros(len(x)), batch_size=256, epochs=30, verbose=0)
+    assert float(-np.mean(dist.log_prob(x))) < start - 0.5
