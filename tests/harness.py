@@ -41,8 +41,9 @@ the new values (TFP caches results by input tensor). :func:`check_flow` runs
 tracking.
 
 Failures raise ``AssertionError`` naming the bijector, the batch shape, the check, the largest
-error and the tolerance. Tolerances are absolute: 1e-5 by default, the project's bar for float64
-(round trip and log-det). Values of order 1 are assumed: draw inputs and random weights so that
+error and the tolerance. Tolerances are absolute: by default 1e-10 in float64 (round-off, so a
+float32 detour of about 1e-8 fails) and 1e-5 in float32 (round trip and log-det). Values of
+order 1 are assumed: draw inputs and random weights so that
 the outputs stay moderate (e.g. smaller ``scale`` in ``randomize_weights`` for wide events),
 or the absolute tolerance measures round-off of large numbers rather than bugs.
 """
@@ -70,8 +71,9 @@ __all__ = [
 BatchShapes = Sequence[Sequence[int]]
 Inputs = np.ndarray | tf.Tensor | Callable[[tuple[int, ...], np.random.Generator], np.ndarray]
 
-#: Absolute tolerance per flow dtype used by :func:`check_flow` when none is given: the
-#: project's 1e-5 for both. Small float32 flows with moderate random weights meet it (measured
+#: Absolute tolerance per dtype used by :func:`check_bijector` and :func:`check_flow` when none
+#: is given: round-off for float64, 1e-5 for float32. Small float32 flows with moderate random
+#: weights meet it (measured
 #: round-trip and log-det errors <= 3e-6 for 3-coupling NICE/RealNVP at event sizes 2 to 64);
 #: deep float32 flows may need a larger, justified tolerance.
 _DEFAULT_ATOL = {tf.float64: 1e-10, tf.float32: 1e-5}

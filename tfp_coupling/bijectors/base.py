@@ -365,14 +365,13 @@ def check_event_shape(shape: tf.TensorShape, expected: Sequence[int], owner: str
 
 
 class Chain(tfb.Composition):
-    """A chain of bijectors, as ``tfb.Chain``, that computes every call afresh.
+    """A chain of bijectors, as ``tfb.Chain``, with :class:`GraphMemoCache` instead of TFP's cache.
 
     Same order as ``tfb.Chain``: the last bijector in the list is applied first in ``forward``.
     It differs in two ways, both needed for chains of weighted bijectors:
 
-    * no result cache: ``tfb.Chain`` caches ``forward``/``inverse`` by input tensor itself, so
-      even with uncached links it would return stale values for the same eager tensor after a
-      weight change;
+    * no eager result cache: ``tfb.Chain`` caches ``forward``/``inverse`` by input tensor itself,
+      so it would return stale values for the same eager tensor after a weight change;
     * not a ``CompositeTensor``: TFP makes ``tfb.Chain`` one, and ``tf.Module`` then looks for
       variables in its tensor components only, so a ``tfd.TransformedDistribution`` over it
       would report no ``trainable_variables``. This chain is walked as a module, and

@@ -45,7 +45,8 @@ class FlowModel(keras.Model):
         bijector: the TFP bijector ``f`` mapping base samples to data (a ``tfp_coupling.Chain``
             for the built-in builders; any TFP bijector works).
         distribution: ``tfd.TransformedDistribution(N(0, I), bijector)``; its ``log_prob`` equals
-            ``model.log_prob`` (computed by TFP's generic path instead of the fused one).
+            ``model.log_prob`` (TFP's generic path; inside ``tf.function`` it costs the same, one
+            conditioner call per coupling, eagerly about three).
         flow_layers: the Keras layers owning the flow's weights (conditioners, scales). The model
             tracks them, so ``trainable_variables``, ``fit``, ``save`` and checkpoints see every
             weight.
