@@ -34,8 +34,9 @@ Second ablation: ``default`` is ``tc.realnvp_flow`` itself (whitened by a data-i
 * ``zuko-like`` (and ``, whiten``): data->latent, zuko clip 6.9, random last layer.
 * ``wd 1e-4``, ``wd 1e-3``, ``hidden 32``, ``4 couplings``: regularisation for the tables
   (``--tables``): Keras' decoupled weight decay on the conditioners, hidden [32, 32], 4 couplings.
-* ``nice``, ``nice 8``: ``tc.nice_flow`` with 4 (its default) and 8 couplings; the runs record
-  the test NLL of the initialised flow as ``start``.
+* ``nice``, ``nice 8``: ``tc.nice_flow`` with 4 and 8 (its default) couplings; the runs record
+  the test NLL of the initialised flow as ``start``. ``, zero init`` and ``, whiten`` set
+  ``nice_flow``'s ``zero_init`` and ``whiten``.
 
 Usage::
 
@@ -114,6 +115,10 @@ VARIANTS: dict[str, dict] = {
     # NICE (``tc.nice_flow``): its default 4 couplings against 8.
     "nice": {"builder": "nice", "couplings": 4},
     "nice 8": {"builder": "nice", "couplings": 8},
+    "nice 8, zero init": {"builder": "nice", "couplings": 8, "zero_init": True},
+    "nice 8, whiten": {"builder": "nice", "couplings": 8, "whiten": True},
+    "nice 8, whiten, zero init": {"builder": "nice", "couplings": 8, "whiten": True,
+                                  "zero_init": True},
 }
 
 
@@ -157,7 +162,9 @@ def normalizing(cls):
 def build(variant: dict, dim: int) -> tc.FlowModel:
     couplings, hidden = variant.get("couplings", 8), variant.get("hidden", (64, 64))
     if variant.get("builder") == "nice":
-        return tc.nice_flow([dim], num_couplings=couplings, hidden_units=hidden)
+        return tc.nice_flow([dim], num_couplings=couplings, hidden_units=hidden,
+                            zero_init=variant.get("zero_init", False),
+                            whiten=variant.get("whiten", False))
     if variant.get("builder"):
         return tc.realnvp_flow([dim], num_couplings=couplings, hidden_units=hidden)
     if variant.get("sigmoid"):

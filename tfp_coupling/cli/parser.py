@@ -6,7 +6,13 @@ import argparse
 
 from tfp_coupling import __version__
 from tfp_coupling.cli import commands
-from tfp_coupling.cli.options import DEFAULTS, MIXED_POLICIES, VECTOR_MODELS
+from tfp_coupling.cli.options import (
+    DEFAULT_COUPLINGS,
+    DEFAULT_HIDDEN,
+    DEFAULTS,
+    MIXED_POLICIES,
+    VECTOR_MODELS,
+)
 from tfp_coupling.data import DATASETS
 
 __all__ = ["build_parser"]
@@ -32,11 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
                                      f"{DEFAULTS['dataset']}")
     t.add_argument("--data-dir", help="folder of MNIST-format IDX files for offline mnist / "
                                       "fashion_mnist (e.g. ../shared/data/mnist)")
-    t.add_argument("--couplings", type=int, help="number of coupling layers (default: 8 "
-                                                 "realnvp, 4 nice; realnvp-image: per scale, 3)")
-    t.add_argument("--hidden", help="hidden units of each conditioner MLP, comma-separated "
-                                    "(default 64,64 realnvp, 128,128 nice; nice-image 256,256; "
-                                    "realnvp-image: channels, 32)")
+    c, h = DEFAULT_COUPLINGS, DEFAULT_HIDDEN
+    t.add_argument("--couplings", type=int, help=f"number of coupling layers (default: "
+                                                 f"{c['realnvp']} realnvp, {c['nice']} nice, "
+                                                 f"{c['nice-image']} nice-image; realnvp-image:"
+                                                 f" per scale, {c['realnvp-image']})")
+    t.add_argument("--hidden", help=f"hidden units of each conditioner MLP, comma-separated "
+                                    f"(default {h['realnvp']} realnvp, {h['nice']} nice; "
+                                    f"nice-image {h['nice-image']}; realnvp-image: channels, "
+                                    f"{h['realnvp-image']})")
     t.add_argument("--epochs", type=int, help="epochs (default 100; image models 40)")
     t.add_argument("--batch-size", type=int, help=f"batch size (default "
                                                   f"{DEFAULTS['batch_size']})")
