@@ -166,6 +166,17 @@ def test_bad_context_options(tmp_path, capsys, args, message):
     assert not (tmp_path / "runs" / "x").exists()
 
 
+def test_only_modelled_integer_columns_get_the_continuity_note(tmp_path, capsys):
+    from tfp_coupling.cli import commands
+
+    table, _ = _shifted_table(tmp_path)
+    _, info = data.load(str(table), with_info=True)
+    commands._check_vectors(info, str(table), False, [1])  # "shift" is only conditioned on
+    assert capsys.readouterr().err == ""
+    commands._check_vectors(info, str(table), False)
+    assert f"column(s) 2 of {table} hold whole numbers" in capsys.readouterr().err
+
+
 def test_context_on_an_unconditional_run_is_refused(table_runs, tmp_path, capsys):
     _, plain, _ = table_runs
     assert cli.main(["sample", str(plain), "--context", "1", "--out",
