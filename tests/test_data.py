@@ -220,6 +220,56 @@ def test_idx_folder_with_a_training_file(tmp_path):
                                             normalize=False)[..., 0], test)
 
 
+def _write_idx(path: Path, arr: np.ndarray) -> None:
+    header = bytes([0, 0, 8, arr.ndim]) + b"".join(d.to_bytes(4, "big") for d in arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.astype(np.uint8).tobytes())
+
+
+def test_labels_come_split_as_the_images(tmp_path):
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 200), ("t10k", 30)):
+        _write_idx(tmp_path / f"{name}-images-idx3-ubyte.gz", np.zeros((n, 4, 4)))
+        _write_idx(tmp_path / f"{name}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+    train = data.read_idx(tmp_path / "train-labels-idx1-ubyte.gz")
+    np.testing.assert_array_equal(data.load_labels("mnist", "validation", data_dir=tmp_path),
+                                  train[180:])
+    assert len(data.load_labels("mnist", "all", data_dir=tmp_path)) == 230
+    assert data.load_labels("mnist", "test", data_dir=tmp_path).dtype == np.int64
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.full(29, 3))
+    with pytest.raises(ValueError, match=r"expected 30 labels \(one per image of "
+                                         r"t10k-images-idx3-ubyte.gz\), got shape \[29\]"):
+        data.load_labels("mnist", data_dir=tmp_path)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", np.full(30, 10))
+    with pytest.raises(ValueError, match=r"test split holds label 10, outside 0\.\.9"):
+        data.load_labels("mnist", data_dir=tmp_path)
+    (tmp_path / "train-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="expected train-labels-idx1-ubyte"):
+        data.load_labels("mnist", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="'two_moons' has no class labels"):
+        data.load_labels("two_moons")
+
+
+def test_labels_from_tensorflow_datasets(monkeypatch):
+    def fake_load(name, split, batch_size):
+        n = {"train[:90%]": 9, "train[90%:]": 1, "test": 4}[split]
+        return {"image": np.zeros((n, 2, 2, 1), np.uint8), "label": np.arange(n) % 10}
+
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets",
+                        types.SimpleNamespace(load=fake_load, as_numpy=lambda x: x))
+    np.testing.assert_array_equal(data.load_labels("cifar10", "test"), [0, 1, 2, 3])
+    assert len(data.load_labels("cifar10", "train")) == len(data.load("cifar10", "train")) == 9
+
+
+@needs_mnist
+def test_mnist_labels_match_the_shared_images():
+    labels = data.load_labels("mnist", "train", data_dir=MNIST_DIR)
+    assert len(labels) == len(data.load("mnist", "train", data_dir=MNIST_DIR)) == 7000
+    assert labels[:5].tolist() == [7, 2, 1, 0, 4]  # MNIST's first test digits
+    assert np.bincount(labels, minlength=10).min() > 500
+
+
 def test_idx_folder_problems(tmp_path):
     with pytest.raises(FileNotFoundError, match="data folder not found"):
         data.load("mnist", data_dir=tmp_path / "absent")

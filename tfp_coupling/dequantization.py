@@ -43,19 +43,25 @@ def dequantize(x, rng: np.random.Generator, bin_width: float = 1.0) -> np.ndarra
 
 
 def mean_nll(log_prob: Callable, x, *, rng: np.random.Generator | None = None,
-             bin_width: float = 1.0, batch_size: int = 1000) -> float:
+             bin_width: float = 1.0, batch_size: int = 1000, context=None) -> float:
     """``-mean(log_prob(x))`` in nats, evaluated in batches and summed in float64.
 
     With ``rng``, ``x`` is dequantised first (one draw of noise for all of ``x``, so the result
-    does not depend on ``batch_size``).
+    does not depend on ``batch_size``). With ``context`` (one row per example) each batch is
+    scored as ``log_prob(x_batch, context_batch)``: ``-mean(log p(x | c))``.
     """
     if len(x) == 0:
         raise ValueError("mean_nll needs at least one example")
+    if context is not None and len(context) != len(x):
+        raise ValueError(f"mean_nll: {len(context)} context rows for {len(x)} examples")
     if rng is not None:
         x = dequantize(x, rng, bin_width)
     total = 0.0
-    for start in range(0, len(x), int(batch_size)):
-        total -= float(np.sum(np.asarray(log_prob(x[start:start + int(batch_size)]), np.float64)))
+    step = int(batch_size)
+    for start in range(0, len(x), step):
+        rows = slice(start, start + step)
+        args = (x[rows],) if context is None else (x[rows], context[rows])
+        total -= float(np.sum(np.asarray(log_prob(*args), np.float64)))
     return total / len(x)
 
 

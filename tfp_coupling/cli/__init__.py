@@ -9,6 +9,9 @@ Usage (``python -m tfp_coupling`` works the same)::
     tfp-coupling evaluate runs/pinwheel-nice --split test
     tfp-coupling sample runs/pinwheel-nice -n 2000
     tfp-coupling export runs/pinwheel-nice --out /tmp/pinwheel_flow
+    tfp-coupling train --dataset table.csv --context-columns label    # p(x | label)
+    tfp-coupling train --dataset mnist --data-dir ../shared/data/mnist --conditional  # p(x | digit)
+    tfp-coupling sample runs/<table run> --context 3   # draws given label = 3 (the data's units)
 
 A run folder holds ``config.json`` (written first: everything needed to rebuild the model and
 the data), ``checkpoints/`` (:class:`~tfp_coupling.checkpoint.AtomicCheckpoint` state: weights,
@@ -26,7 +29,11 @@ run, a full disk) print one line ``tfp-coupling: error: ...`` on stderr and exit
 usage errors exit with status 2. TensorFlow is imported only once the options are checked, and
 without its start-up log lines.
 
-Modules: ``options`` (defaults and checks), ``parser``, ``run_folder`` (the files of a run),
+Conditional runs (``--context-columns``, ``--conditional``) model ``p(x | c)``: see
+:mod:`tfp_coupling.cli.context` for the context's units, in the model and the SavedModel.
+
+Modules: ``options`` (defaults and checks), ``parser``, ``context`` (a conditional run's
+context), ``run_folder`` (the files of a run),
 ``commands`` (each command up to the point where it needs TensorFlow) and ``tasks`` (the rest:
 imported only then). A ``FlowModel`` gets everything a command does through the library.
 """

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from tfp_coupling import data
+from tfp_coupling.cli.context import new_context, parse_sample_context
 from tfp_coupling.cli.options import (
     RUN_SETTINGS,
     TABLE_DEFAULTS,
@@ -54,15 +55,12 @@ def train(args: argparse.Namespace) -> int:
         run, config = _resumed_run(args, given)
     else:
         run, config = _new_run(args, given)
-    x_train, info = load_run_data(config, "train")
-    x_val, _ = load_run_data(config, "validation")
-    x_test, _ = load_run_data(config, "test")
+    splits = [load_run_data(config, split) for split in ("train", "validation", "test")]
     if args.resume is not None:
         run.reopen_for_training(config)
     else:
         run = RunFolder.create(run.path, config)
-    metrics = _tasks().train(run, config, info, x_train, x_val, x_test,
-                             verbose=0 if args.quiet else 1,
+    metrics = _tasks().train(run, config, *splits, verbose=0 if args.quiet else 1,
                              remove_on_failure=args.resume is None)
     metrics["wall_time_s"] = time.perf_counter() - start_wall
     run.write_metrics(metrics)  # last: marks the run complete
@@ -87,6 +85,7 @@ def _resumed_run(args: argparse.Namespace, given: set[str]) -> tuple[RunFolder, 
                and config.get(k) != getattr(args, k)]
     if "hidden" in given and parse_hidden(args.hidden) != config["hidden_units"]:
         changed.append("hidden")
+    changed += _changed_context(args, given, config.get("context"), config["dataset"])
     if changed:
         raise CLIError(f"--resume continues {run} with its saved settings; it cannot change "
                        f"{', '.join('--' + k.replace('_', '-') for k in changed)} "
@@ -105,6 +104,25 @@ def _resumed_run(args: argparse.Namespace, given: set[str]) -> tuple[RunFolder, 
     return run, config
 
 
+def _changed_context(args: argparse.Namespace, given: set[str], context: dict | None,
+                     dataset: str) -> list[str]:
+    """The context options of ``--resume`` that differ from the run's (the run's context is
+    kept when they are left out)."""
+    changed = []
+    if "conditional" in given and bool(args.conditional) != (
+            context is not None and context["kind"] == "class"):
+        changed.append("conditional")
+    if "context_columns" in given:
+        columns = context["columns"] if context and context["kind"] == "columns" else None
+        try:
+            same = data.resolve_columns(dataset, args.context_columns) == columns
+        except (ValueError, OSError):
+            same = False
+        if not same:
+            changed.append("context_columns")
+    return changed
+
+
 def _new_run(args: argparse.Namespace, given: set[str]) -> tuple[RunFolder, dict]:
     """The folder a new run will have (not created yet) and its config, data checked."""
     config = new_config(args)
@@ -116,13 +134,16 @@ def _new_run(args: argparse.Namespace, given: set[str]) -> tuple[RunFolder, dict
     if info.kind != "image" and image_model:
         raise CLIError(f"--model {args.model} needs an image dataset; {args.dataset!r} "
                        f"holds vectors of shape {list(info.event_shape)}")
-    _check_vectors(info, args.dataset, image_model)
+    context, x_info = new_context(args, info)
+    _check_vectors(info, args.dataset, image_model,
+                   context["columns"] if context and context["kind"] == "columns" else ())
     if info.kind == "tabular":
         config["dataset"] = info.name  # the resolved path: resume/evaluate from anywhere
         config.update({k: v for k, v in TABLE_DEFAULTS.items() if k not in given})
-    config["event_size"] = info.event_size
+    config["context"] = context
+    config["event_size"] = x_info.event_size
     config["image_shape"] = list(info.event_shape) if info.kind == "image" else None
-    config["data"] = info.to_json()
+    config["data"] = x_info.to_json()
     out = Path(args.out)
     prepare_out(out)
     name = args.name or _unique_name(
@@ -137,14 +158,17 @@ def _new_run(args: argparse.Namespace, given: set[str]) -> tuple[RunFolder, dict
     return run, config
 
 
-def _check_vectors(info: DatasetInfo, dataset: str, image_model: bool) -> None:
-    """Refuses data a coupling flow cannot model; notes integer-valued table columns."""
+def _check_vectors(info: DatasetInfo, dataset: str, image_model: bool,
+                   context_columns: list[int] | tuple = ()) -> None:
+    """Refuses data a coupling flow cannot model; notes integer-valued table columns (but
+    not context columns: the flow only conditions on them)."""
     if not image_model and info.event_size < 2:
         raise CLIError(f"{dataset}: examples have {info.event_size} value(s); a coupling flow "
                        f"needs at least 2 (it transforms one part of each example given the "
                        f"other)")
-    if info.integer_columns:
-        columns = ", ".join(str(c + 1) for c in info.integer_columns)
+    modelled = [c for c in info.integer_columns if c not in context_columns]
+    if modelled:
+        columns = ", ".join(str(c + 1) for c in modelled)
         print(f"tfp-coupling: note: column(s) {columns} of {dataset} hold whole numbers only; "
               f"the flow treats them as continuous, so its NLL is a density there, not the "
               f"probability of the integers (dequantise: add uniform noise in [0, 1) to those "
@@ -189,6 +213,9 @@ def sample(args: argparse.Namespace) -> int:
             raise CLIError(f"{existing[0]} already exists; pass --overwrite to replace "
                            f"{' and '.join(str(p) for p in existing)}")
     run.check_complete()
+    # The context in model units, checked before TensorFlow loads.
+    args.context_row = (None if args.context is None
+                        else parse_sample_context(run.read_config(), args.context))
     return _tasks().sample(run, args, out)
 
 

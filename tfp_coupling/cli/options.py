@@ -31,6 +31,8 @@ DEFAULTS: dict[str, Any] = {
     "data_dir": None,
     "mixed_precision": None,
     "jit": False,
+    "context_columns": None,  # a table's columns as the context c of p(x | c)
+    "conditional": False,  # images: the one-hot class label as the context
 }
 # Vector flows: the library's defaults (benchmarks/density_quality.py chose them).
 DEFAULT_COUPLINGS = {"nice": 8, "realnvp": 8, "nice-image": 4, "realnvp-image": 3}

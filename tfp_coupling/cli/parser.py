@@ -38,6 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
                                      f"{DEFAULTS['dataset']}")
     t.add_argument("--data-dir", help="folder of MNIST-format IDX files for offline mnist / "
                                       "fashion_mnist (e.g. ../shared/data/mnist)")
+    t.add_argument("--context-columns", metavar="COLS",
+                   help="train p(x | c) on a table: these columns (header names or numbers from "
+                        "1, comma-separated) are the context c, standardised like the rest; "
+                        "the other columns are x")
+    t.add_argument("--conditional", action="store_true", default=None,
+                   help="train p(image | class) on mnist, fashion_mnist or cifar10 (models "
+                        "realnvp-image, nice, realnvp): the context is the one-hot label, read "
+                        "from the *-labels-idx1-ubyte files beside the images or from "
+                        "tensorflow-datasets")
     c, h = DEFAULT_COUPLINGS, DEFAULT_HIDDEN
     t.add_argument("--couplings", type=int, help=f"number of coupling layers (default: "
                                                  f"{c['realnvp']} realnvp, {c['nice']} nice, "
@@ -89,9 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="draw samples from a run (.npy and .png)",
                        description="Draw samples in the data's units; write them as .npy and "
-                                   "a picture beside it (.png).")
+                                   "a picture beside it (.png). A conditional table run "
+                                   "(--context-columns) writes whole rows in the table's column "
+                                   "order, the context columns holding the context of each "
+                                   "draw: --context, or by default the test split's rows' "
+                                   "contexts in turn. A class-conditional run (--conditional) "
+                                   "draws -n images of each class (or of class --context), "
+                                   "class by class, and pictures them one row per class.")
     s.add_argument("run", help="run folder")
-    s.add_argument("-n", type=int, default=1000, help="number of samples (default 1000)")
+    s.add_argument("-n", type=int, default=1000,
+                   help="number of samples (default 1000; class-conditional runs: per class)")
+    s.add_argument("--context", metavar="C",
+                   help="conditional runs: the context of every draw, the context columns' "
+                        "values comma-separated in the data's units, or a class label")
     s.add_argument("--temperature", type=float, default=1.0, help="scale of the base noise")
     s.add_argument("--seed", type=int, default=0, help="sampling seed")
     s.add_argument("--out", help="output .npy (default RUN/samples.npy); the picture goes "
@@ -102,7 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="write a run's model as a TensorFlow SavedModel",
                        description="Export log_prob, sample, forward and inverse signatures "
-                                   "(model units) with keras.export.ExportArchive.")
+                                   "with keras.export.ExportArchive. Inputs are in model units: "
+                                   "x standardised with the shift and scale in RUN/config.json "
+                                   "(data), images as pixel values. A conditional run's "
+                                   "signatures also take a context [N, c], also in model units: "
+                                   "the context columns standardised with config.json's "
+                                   "context.data shift and scale, or the one-hot class label; "
+                                   "its sample takes the contexts and draws one example per "
+                                   "row.")
     x.add_argument("run", help="run folder")
     x.add_argument("--out", help="SavedModel folder (default RUN/saved_model); a new or empty "
                                  "folder, or an earlier SavedModel with --overwrite")

@@ -19,15 +19,16 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from tfp_coupling import atomic, data
+from tfp_coupling.cli.context import split_context, table_standardization
 from tfp_coupling.cli.options import CLIError, is_image_model
 from tfp_coupling.data import DatasetInfo
 
-__all__ = ["RunFolder", "check_export_out", "load_run_data", "prepare_out"]
+__all__ = ["RunData", "RunFolder", "check_export_out", "load_run_data", "prepare_out"]
 
 SPLIT_NOISE_SEEDS = {"train": 0, "validation": 1, "test": 2, "all": 3}
 
@@ -146,27 +147,40 @@ def noise_seed(config: dict, split: str) -> int:
     return config["seed"] + SPLIT_NOISE_SEEDS[split]
 
 
+class RunData(NamedTuple):
+    """One split as a run's model sees it: ``x`` and (conditional runs) ``context`` in model
+    units, one context row per example, and the info relating ``x`` to the data's units."""
+
+    x: np.ndarray
+    context: np.ndarray | None
+    info: DatasetInfo
+
+
 def load_run_data(config: dict, split: str, dataset: str | None = None,
-                  data_dir: str | None = None) -> tuple[np.ndarray, DatasetInfo]:
-    """``(x_model, info)`` for one split, shaped for the run's model.
+                  data_dir: str | None = None) -> RunData:
+    """One split, shaped for the run's model.
 
     Vector flows see flattened examples standardised as in training; image flows take pixel
-    images as they are.
+    images as they are. A conditional run's context comes with them (see
+    :mod:`tfp_coupling.cli.context`).
     """
     saved = DatasetInfo.from_json(config["data"])
     name = dataset or config["dataset"]
     data_dir = data_dir if data_dir is not None else config.get("data_dir")
     image_model = is_image_model(config["model"])
+    standardization = table_standardization(config) or (saved if saved.kind != "image"
+                                                        else None)
     x, info = data.load(name, split, seed=config["seed"], data_dir=data_dir,
                         normalize=not image_model, with_info=True,
-                        standardization=saved if saved.kind != "image" else None)
+                        standardization=standardization)
     expected = tuple(config["image_shape"] or ()) if image_model else (config["event_size"],)
     if not image_model:
         x = x.reshape(len(x), -1)
+    x, context, info = split_context(config, x, info, name, split, data_dir)
     if tuple(x.shape[1:]) != expected:
         raise CLIError(f"dataset {name!r} has examples of shape {list(info.event_shape)}; the "
                        f"run's model expects {list(expected)}")
-    return np.ascontiguousarray(x), info
+    return RunData(np.ascontiguousarray(x), context, info)
 
 
 def check_export_out(out: Path, overwrite: bool) -> None:

@@ -6,6 +6,10 @@ Units: the model sees data in *model units* ``x_model = (x - shift) / scale`` (t
 standardised with the training split's statistics, flattened images divided by 256). Every NLL
 reported is in the data's own units, ``nll_data = nll_model + sum(log scale)``; ``metrics.json``
 records ``shift``, ``scale`` and that correction. The SavedModel works in model units.
+
+A conditional run models ``p(x | c)`` with each example's own context ``c`` (model units too,
+see :mod:`tfp_coupling.cli.context`); its NLL is ``-mean log p(x | c)``. The context is not
+modelled, so the correction covers the ``x`` columns only.
 """
 
 from __future__ import annotations
@@ -25,8 +29,15 @@ from tfp_coupling import atomic, dequantization, plots
 from tfp_coupling.builders import initialize_rescaling, nice_flow, realnvp_flow
 from tfp_coupling.callbacks import BestWeightsCheckpoint
 from tfp_coupling.checkpoint import AtomicCheckpoint, CheckpointError, adopt_keras_backup
+from tfp_coupling.cli.context import context_size, describe, one_hot
 from tfp_coupling.cli.options import IMAGE_MODELS, CLIError, is_image_model
-from tfp_coupling.cli.run_folder import RunFolder, check_export_out, load_run_data, noise_seed
+from tfp_coupling.cli.run_folder import (
+    RunData,
+    RunFolder,
+    check_export_out,
+    load_run_data,
+    noise_seed,
+)
 from tfp_coupling.data import DatasetInfo
 from tfp_coupling.model import FlowModel, get_builder
 from tfp_coupling.model.export import export_flow
@@ -38,27 +49,32 @@ def build_model(config: dict) -> FlowModel:
     """The FlowModel described by a run's ``config`` (called under the run's dtype policy)."""
     hidden = config["hidden_units"]
     couplings = config["couplings"]
+    c = context_size(config)
+    context = {} if c is None else {"context_shape": [c]}
     if config["model"] == "nice":
         # Flattened pixels: background pixels vary by far less than a random shift moves them,
         # so NICE starts at the identity there (their data are not symmetric anyway).
         return nice_flow([config["event_size"]], num_couplings=couplings, hidden_units=hidden,
-                         zero_init=bool(config.get("flatten")))
+                         zero_init=bool(config.get("flatten")), **context)
     if config["model"] == "realnvp":
         return realnvp_flow([config["event_size"]], num_couplings=couplings,
-                            hidden_units=hidden)
+                            hidden_units=hidden, **context)
     builder = get_builder(IMAGE_MODELS[config["model"]])
     if config["model"] == "realnvp-image":  # multi-scale, conv conditioners
         return builder(config["image_shape"], num_couplings_per_scale=couplings,
-                       hidden_channels=hidden[0])
+                       hidden_channels=hidden[0], **context)
     return builder(config["image_shape"], num_couplings=couplings, hidden_units=hidden)
 
 
 def eval_nll(model: FlowModel, x, info: DatasetInfo, *, batch_size: int = 1000,
-             seed: int = 0) -> float:
-    """Mean NLL in the data's units (nats per example); discrete data dequantised (seeded)."""
+             seed: int = 0, context=None) -> float:
+    """Mean NLL in the data's units (nats per example); discrete data dequantised (seeded).
+
+    A conditional model scores each example with its own ``context`` row.
+    """
     rng = np.random.default_rng(seed) if info.discrete else None
     nll = dequantization.mean_nll(model.log_prob, x, rng=rng, bin_width=info.bin_width or 1.0,
-                                  batch_size=batch_size)
+                                  batch_size=batch_size, context=context)
     return nll - info.log_det_correction
 
 
@@ -66,7 +82,7 @@ def eval_nll(model: FlowModel, x, info: DatasetInfo, *, batch_size: int = 1000,
 # train
 
 
-def train(run: RunFolder, config: dict, info: DatasetInfo, x_train, x_val, x_test,
+def train(run: RunFolder, config: dict, train: RunData, val: RunData, test: RunData,
           verbose: int, remove_on_failure: bool) -> dict:
     """Trains (or continues) the run under its dtype policy; returns its metrics.
 
@@ -78,7 +94,7 @@ def train(run: RunFolder, config: dict, info: DatasetInfo, x_train, x_val, x_tes
     try:
         if config["mixed_precision"]:
             keras.mixed_precision.set_global_policy(config["mixed_precision"])
-        return _train(run, config, info, x_train, x_val, x_test, verbose)
+        return _train(run, config, train, val, test, verbose)
     except Exception:
         if remove_on_failure and _completed_epochs(run) == 0:
             shutil.rmtree(run.path, ignore_errors=True)
@@ -110,8 +126,9 @@ def _optimizer(config: dict, steps_per_epoch: int) -> keras.optimizers.Optimizer
     return optimizer
 
 
-def _train(run: RunFolder, config: dict, info: DatasetInfo, x_train, x_val, x_test,
+def _train(run: RunFolder, config: dict, train: RunData, val: RunData, test: RunData,
            verbose: int) -> dict:
+    info, x_train = train.info, train.x
     keras.utils.set_random_seed(config["seed"])
     model = build_model(config)
     model.compile(optimizer=_optimizer(config, math.ceil(len(x_train) / config["batch_size"])),
@@ -126,27 +143,30 @@ def _train(run: RunFolder, config: dict, info: DatasetInfo, x_train, x_val, x_te
     if done == 0 and config["model"] == "nice":
         initialize_rescaling(model, x_train, bin_width=info.bin_width, seed=config["seed"])
     correction = info.log_det_correction
-    val = x_val
+    x_val = val.x
     if info.discrete and not model.dequantize:  # image models' evaluate dequantises itself
-        val = info.dequantize(x_val, np.random.default_rng(noise_seed(config, "validation")))
+        x_val = info.dequantize(val.x, np.random.default_rng(noise_seed(config, "validation")))
     best = BestWeightsCheckpoint(run.best_weights_path, patience=config.get("patience"))
     callbacks = [  # the best weights are written before the backup that marks the epoch done
         _EpochRecorder(run, history, correction),
         best,
         AtomicCheckpoint(run.checkpoints),
     ]
-    train_ds = _train_dataset(x_train, info, config["batch_size"], config["seed"],
+    train_ds = _train_dataset(train, config["batch_size"], config["seed"],
                               is_image_model(config["model"]))
-    model.fit(train_ds, epochs=config["epochs"], validation_data=(val,), shuffle=False,
+    validation = (x_val,) if val.context is None else (x_val, val.context)
+    model.fit(train_ds, epochs=config["epochs"], validation_data=validation, shuffle=False,
               callbacks=callbacks, verbose=verbose)
     if best.path.is_file():  # evaluate, save and export the best validation epoch's weights
         model.load_weights(best.path)
 
-    test_nll = eval_nll(model, x_test, info, seed=noise_seed(config, "test"))
-    val_nll = eval_nll(model, x_val, info, seed=noise_seed(config, "validation"))
+    test_nll = eval_nll(model, test.x, info, seed=noise_seed(config, "test"),
+                        context=test.context)
+    val_nll = eval_nll(model, val.x, info, seed=noise_seed(config, "validation"),
+                       context=val.context)
     atomic.write_with(run.model_path, lambda tmp: model.save(str(tmp)), suffix=".keras")
     export_flow(model, run.saved_model_path, overwrite=True)  # the run's own, from a retry
-    plot_files = _plot_run(run, model, config, info, x_test, history)
+    plot_files = _plot_run(run, model, config, test, history)
     train_nll = [h["train_nll"] for h in history]
     val_hist = [h["val_nll"] for h in history]
     bpd = info.bits_per_dim
@@ -199,13 +219,19 @@ class _EpochRecorder(keras.callbacks.Callback):
         self.run.write_history(self.history)
 
 
-def _train_dataset(x, info: DatasetInfo, batch_size: int, seed: int, image_model: bool):
-    """Shuffled batches; discrete data get fresh uniform dequantisation noise every epoch."""
-    ds = tf.data.Dataset.from_tensor_slices(x).shuffle(
-        len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
-    if info.discrete and not image_model:  # image models dequantise themselves (FlowModel)
-        width = float(info.bin_width)
-        ds = ds.map(lambda b: b + tf.random.uniform(tf.shape(b), 0.0, width, dtype=b.dtype))
+def _train_dataset(train: RunData, batch_size: int, seed: int, image_model: bool):
+    """Shuffled batches (of ``(x, context)`` pairs if conditional); discrete data get fresh
+    uniform dequantisation noise every epoch."""
+    elements = train.x if train.context is None else (train.x, train.context)
+    ds = tf.data.Dataset.from_tensor_slices(elements).shuffle(
+        len(train.x), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    if train.info.discrete and not image_model:  # image models dequantise themselves
+        width = float(train.info.bin_width)
+
+        def noisy(b):
+            return b + tf.random.uniform(tf.shape(b), 0.0, width, dtype=b.dtype)
+
+        ds = ds.map(noisy if train.context is None else lambda b, c: (noisy(b), c))
     return ds.prefetch(2)
 
 
@@ -220,19 +246,34 @@ def _to_data_units(samples, config: dict, info: DatasetInfo) -> np.ndarray:
     return x
 
 
-def _plot_run(run: RunFolder, model: FlowModel, config: dict, info: DatasetInfo, x_test,
+def _plot_run(run: RunFolder, model: FlowModel, config: dict, test: RunData,
               history: list[dict], n: int = 2000) -> list[Path]:
+    info, x_test = test.info, test.x
     out = []
     curves = {"train NLL": [h["train_nll"] for h in history],
               "validation NLL": [h["val_nll"] for h in history]}
     out.append(plots.training_curve(curves, run.path / "training_curve.png",
                                     title=f"{config['model']} on {config['dataset']}"))
-    samples = np.asarray(model.sample(n if info.kind != "image" else 64, seed=config["seed"]))
+    context = config.get("context")
+    if context is not None and context["kind"] == "class":
+        classes = range(context["classes"])
+        pixels = _to_data_units(_class_draws(model, classes, 8, 1.0, config["seed"]), config,
+                                info)
+        out.append(plots.sample_grid(pixels, run.path / "samples.png", ncols=8,
+                                     value_range=(0.0, 255.0),
+                                     title=f"{config['model']} samples, one row per class"))
+        return out
+    if context is not None:  # a table: draws for the test rows' contexts
+        samples = np.asarray(model.sample(n, seed=config["seed"],
+                                          context=_cycled(test.context, n)))
+    else:
+        samples = np.asarray(model.sample(n if info.kind != "image" else 64,
+                                          seed=config["seed"]))
     if info.kind == "image":
         pixels = _to_data_units(samples, config, info)
         out.append(plots.sample_grid(pixels, run.path / "samples.png", value_range=(0.0, 255.0),
                                      title=f"{config['model']} samples"))
-    elif config["event_size"] == 2:
+    elif config["event_size"] == 2 and context is None:
         def log_prob(points):
             z = info.to_model_units(points)
             return info.log_prob_to_data_units(np.asarray(model.log_prob(z), np.float64))
@@ -241,10 +282,37 @@ def _plot_run(run: RunFolder, model: FlowModel, config: dict, info: DatasetInfo,
             log_prob, info.to_data_units(x_test), info.to_data_units(samples),
             run.path / "density.png", title=f"{config['model']} on {config['dataset']}"))
     else:
+        given = " given the test contexts" if context is not None else ""
         out.append(plots.scatter_plot(info.to_data_units(x_test), info.to_data_units(samples),
                                       run.path / "samples.png",
-                                      title=f"{config['model']}: first two columns"))
+                                      title=f"{config['model']}: first two columns{given}"))
     return out
+
+
+def _cycled(rows: np.ndarray, n: int) -> np.ndarray:
+    """``n`` rows: ``rows`` repeated in order (draw ``i`` gets row ``i mod len(rows)``)."""
+    return rows[np.arange(n) % len(rows)]
+
+
+def _class_draws(model: FlowModel, classes, n: int, temperature: float, seed: int) -> np.ndarray:
+    """``n`` draws of each class in turn, class-major ``[len(classes) * n, ...]``. Every class
+    gets the same base noise, so draw ``j`` of each class differs by its class only."""
+    num_classes = model.context_shape[0]
+    return np.concatenate([
+        np.asarray(model.sample(n, temperature=temperature, seed=seed,
+                                context=one_hot([k], num_classes)[0]))
+        for k in classes])
+
+
+def _table_rows(config: dict, x: np.ndarray, context: np.ndarray) -> np.ndarray:
+    """Samples ``x`` (data units) and their model-unit contexts as whole rows of the table, in
+    its column order."""
+    columns = config["context"]["columns"]
+    c = DatasetInfo.from_json(config["context"]["data"]).to_data_units(context)
+    rows = np.empty((len(x), x.shape[1] + c.shape[1]), np.result_type(x, c))
+    rows[:, [i for i in range(rows.shape[1]) if i not in columns]] = x
+    rows[:, columns] = c
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,9 +333,9 @@ def load_run_model(run: RunFolder) -> FlowModel:
 def evaluate(run: RunFolder, args: argparse.Namespace) -> int:
     config = run.read_config()
     model = load_run_model(run)
-    x, info = load_run_data(config, args.split, args.dataset, args.data_dir)
+    x, context, info = load_run_data(config, args.split, args.dataset, args.data_dir)
     seed = args.seed if args.seed is not None else noise_seed(config, args.split)
-    nll = eval_nll(model, x, info, seed=seed)
+    nll = eval_nll(model, x, info, seed=seed, context=context)
     bpd = info.bits_per_dim(nll)
     result = {"run": str(run), "dataset": args.dataset or config["dataset"], "split": args.split,
               "examples": len(x), "nll": nll, "bits_per_dim": bpd}
@@ -280,23 +348,43 @@ def evaluate(run: RunFolder, args: argparse.Namespace) -> int:
 
 
 def sample(run: RunFolder, args: argparse.Namespace, out: Path) -> int:
+    """Draws ``args.n`` samples (per class for a class-conditional run) to ``out`` and a
+    picture beside it; ``args.context_row`` is ``sample --context`` in model units, or None."""
     config = run.read_config()
     model = load_run_model(run)
     info = DatasetInfo.from_json(config["data"])
-    z = model.sample(args.n, temperature=args.temperature, seed=args.seed)
-    samples = _to_data_units(z, config, info)
+    context = config.get("context")
+    temperature, seed, n = args.temperature, args.seed, args.n
+    chosen = getattr(args, "context_row", None)
+    test = load_run_data(config, "test") if info.kind != "image" else None
+    if context is None:
+        samples = _to_data_units(model.sample(n, temperature=temperature, seed=seed), config,
+                                 info)
+        x = samples
+    elif context["kind"] == "class":
+        classes = range(context["classes"]) if chosen is None else [int(chosen[0])]
+        samples = _to_data_units(_class_draws(model, classes, n, temperature, seed), config,
+                                 info)
+    else:  # whole table rows: the draws' x columns and their contexts
+        c = np.tile(chosen, (n, 1)) if chosen is not None else _cycled(test.context, n)
+        x = _to_data_units(model.sample(n, temperature=temperature, seed=seed, context=c),
+                           config, info)
+        samples = _table_rows(config, x, c)
     try:
         atomic.write_with(out, lambda tmp: np.save(tmp, samples), suffix=".npy")
     except OSError as e:
         raise CLIError(f"cannot write {out}: {e.strerror or e}") from None
     png = out.with_suffix(".png")
-    if info.kind == "image":
-        plots.sample_grid(samples[:64], png, value_range=(0.0, 255.0),
-                          title=f"{config['model']} samples, T = {args.temperature:g}")
+    title = f"{config['model']} samples, T = {temperature:g}"
+    if context is not None and context["kind"] == "class":
+        per_row = min(n, 10)
+        grid = samples.reshape(len(classes), n, *samples.shape[1:])[:, :per_row]
+        plots.sample_grid(grid.reshape(-1, *samples.shape[1:]), png, ncols=per_row,
+                          value_range=(0.0, 255.0), title=f"T = {temperature:g}, a row per class")
+    elif info.kind == "image":
+        plots.sample_grid(samples[:64], png, value_range=(0.0, 255.0), title=title)
     else:
-        x, _ = load_run_data(config, "test")
-        plots.scatter_plot(info.to_data_units(x), samples, png,
-                           title=f"{config['model']} samples, T = {args.temperature:g}")
+        plots.scatter_plot(info.to_data_units(test.x), x, png, title=title)
     print(f"wrote {len(samples)} samples to {out} and {png}")
     return 0
 
@@ -310,6 +398,9 @@ def export(run: RunFolder, out: Path, overwrite: bool) -> int:
         raise
     except OSError as e:
         raise CLIError(f"cannot export to {out}: {e.strerror or e}") from None
+    config = run.read_config()
+    given = (f"; context [N, {context_size(config)}]: {describe(config)}, see "
+             f"{run.config_path}" if config.get("context") else "")
     print(f"wrote SavedModel to {out} (signatures log_prob, sample, sample_with_options, "
-          f"forward, inverse; inputs in model units, see {run.metrics_path})")
+          f"forward, inverse; inputs in model units, see {run.metrics_path}{given})")
     return 0

@@ -30,7 +30,9 @@ Kinds of dataset:
   images) the first 55,000 train, the last 5,000 validate and ``t10k-images-idx3-ubyte[.gz]``
   tests. With only the 10,000-image test file (as in the repository's ``../shared/data/mnist``)
   its first 8,000 images are for training, of which images 7,000-7,999 are the validation
-  split (so ``"train"`` holds 7,000), and the last 2,000 are the test split.
+  split (so ``"train"`` holds 7,000), and the last 2,000 are the test split. Their class labels,
+  row for row: :func:`load_labels` (the ``*-labels-idx1-ubyte[.gz]`` file beside each images
+  file, or tensorflow-datasets' ``label``).
 
 Example:
     >>> from tfp_coupling import data
@@ -46,7 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from tfp_coupling.data import images, tables, toy
-from tfp_coupling.data.images import DATA_DIR_ENV, IMAGE_DATASETS, read_idx
+from tfp_coupling.data.images import DATA_DIR_ENV, IMAGE_DATASETS, NUM_CLASSES, read_idx
 from tfp_coupling.data.info import SPLITS, DatasetInfo
 from tfp_coupling.data.toy import (
     TOY_2D,
@@ -65,6 +67,7 @@ __all__ = [
     "DATASETS",
     "DATA_DIR_ENV",
     "IMAGE_DATASETS",
+    "NUM_CLASSES",
     "SPLITS",
     "TOY_2D",
     "TOY_SIZES",
@@ -73,8 +76,10 @@ __all__ = [
     "circles",
     "eight_gaussians",
     "load",
+    "load_labels",
     "pinwheel",
     "read_idx",
+    "resolve_columns",
     "rings",
     "true_log_prob",
     "two_moons",
@@ -158,6 +163,33 @@ def load(
     if n is not None:
         x = x[:n]
     return (x, info) if with_info else x
+
+
+def load_labels(name: str, split: str = "train", *, data_dir: str | Path | None = None,
+                n: int | None = None) -> np.ndarray:
+    """The class labels (int64) of an image dataset's split, one per row of
+    ``load(name, split)``: from the ``*-labels-idx1-ubyte[.gz]`` file beside each IDX images
+    file, or tensorflow-datasets' ``label``. Their number of classes is ``NUM_CLASSES[name]``.
+
+    Raises:
+        ValueError: not an image dataset, or labels outside ``0..NUM_CLASSES[name] - 1``.
+        FileNotFoundError: an IDX folder without the labels file.
+    """
+    if split not in (*SPLITS, "all"):
+        raise ValueError(f"unknown split {split!r}; choose from {', '.join(SPLITS)} or all")
+    if name not in IMAGE_DATASETS:
+        raise ValueError(f"{name!r} has no class labels; labelled datasets: "
+                         f"{', '.join(IMAGE_DATASETS)}")
+    splits = images.load_label_splits(name, data_dir)
+    y = np.concatenate([splits[s] for s in SPLITS]) if split == "all" else splits[split]
+    return y if n is None else y[:toy.check_n(n)]
+
+
+def resolve_columns(path: str | Path, spec: str) -> list[int]:
+    """0-based indices of a table's columns listed in ``spec`` (header names or 1-based numbers,
+    comma-separated; see :func:`tfp_coupling.data.tables.resolve_columns`)."""
+    path = Path(path).expanduser()
+    return tables.resolve_columns(path, spec, tables.read_table(path).shape[1])
 
 
 def _check_standardization(key: str, info: DatasetInfo, standardization: DatasetInfo) -> None:

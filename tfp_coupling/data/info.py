@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -116,6 +117,28 @@ class DatasetInfo:
         if not self.discrete:
             return np.asarray(x_model, np.float32)
         return dequantization.dequantize(x_model, rng, self.bin_width)
+
+    def select(self, columns: Sequence[int]) -> DatasetInfo:
+        """The info of some columns (0-based) of a vector dataset, e.g. a table's context.
+
+        Example:
+            >>> import numpy as np
+            >>> info = DatasetInfo("t", "tabular", (3,), {}, np.zeros(3), np.array([1., 2., 4.]),
+            ...                    integer_columns=(2,))
+            >>> part = info.select([2, 0])
+            >>> part.event_shape, part.scale.tolist(), part.integer_columns
+            ((2,), [4.0, 1.0], (0,))
+        """
+        if len(self.event_shape) != 1:
+            raise ValueError(f"{self.name}: columns exist for vector data only, not for "
+                             f"examples of shape {list(self.event_shape)}")
+        columns = [int(c) for c in columns]
+        d = self.event_shape[0]
+        shift, scale = (np.broadcast_to(np.asarray(a, np.float64), (d,))[columns]
+                        for a in (self.shift, self.scale))
+        integer = tuple(i for i, c in enumerate(columns) if c in self.integer_columns)
+        return DatasetInfo(self.name, self.kind, (len(columns),), dict(self.sizes), shift,
+                           scale, self.discrete, self.source, integer)
 
     def to_json(self) -> dict:
         """A JSON-friendly description (shift and scale as nested lists)."""

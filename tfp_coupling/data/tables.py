@@ -8,7 +8,7 @@ import numpy as np
 
 from tfp_coupling.data.info import DatasetInfo
 
-__all__ = ["read_table"]
+__all__ = ["column_names", "read_table", "resolve_columns"]
 
 # A column whose spread is below this fraction of its magnitude varies by rounding error only.
 _CONSTANT_RELATIVE_STD = 1e-10
@@ -88,6 +88,43 @@ def _is_header(fields: list[str]) -> bool:
     """A first line whose first non-number field is text (not empty) names the columns."""
     text = next((f for f in fields if not _is_number(f)), None)
     return text is not None and text.strip().lower() not in ("nan", "inf", "-inf", "")
+
+
+def column_names(path: Path) -> list[str] | None:
+    """The names on a CSV file's header line, or None (no header, or a ``.npy`` file)."""
+    if path.suffix.lower() != ".csv" or not path.is_file():
+        return None
+    with path.open() as f:
+        first = next((line for line in f if line.strip()), "")
+    fields = first.rstrip("\r\n").split(",")
+    return [f.strip() for f in fields] if _is_header(fields) else None
+
+
+def resolve_columns(path: Path, spec: str, num_columns: int) -> list[int]:
+    """0-based indices of the columns ``spec`` lists: header names or column numbers counted
+    from 1 (as error messages count them), comma-separated; a header name wins over a number.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "t.csv"
+        >>> _ = path.write_text("x,y,label\\n1,2,0\\n")
+        >>> resolve_columns(path, "label,1", 3)
+        [2, 0]
+    """
+    names = column_names(path) or []
+    parts = [p.strip() for p in str(spec).split(",")]
+    columns = []
+    for part in parts:
+        if part in names:
+            columns.append(names.index(part))
+        elif part.isdigit() and 1 <= int(part) <= num_columns:
+            columns.append(int(part) - 1)
+        else:
+            known = f"names {', '.join(names)} or " if names else ""
+            raise ValueError(f"{path}: no column {part!r}; give {known}numbers 1..{num_columns}")
+    if len(set(columns)) != len(columns):
+        raise ValueError(f"{path}: column list {spec!r} names a column twice")
+    return columns
 
 
 def load_splits(
