@@ -217,7 +217,7 @@ def tc_model(kind: str, w, seed: int):
         return tc.realnvp_flow(event_shape=[w["dim"]], num_couplings=w["couplings"],
                                hidden_units=w["hidden"], whiten=False, log_scale_clamp=5.0)
     return tc.nice_flow(event_shape=[w["dim"]], num_couplings=w["couplings"],
-                        hidden_units=w["hidden"])
+                        hidden_units=w["hidden"], whiten=False)
 
 
 def tc_train_contender(name, kind: str, w, x, xla: bool, seed: int) -> Contender:

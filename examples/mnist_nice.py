@@ -70,7 +70,8 @@ def main() -> None:
 
     model = tc.nice_flow([d], num_couplings=args.couplings,
                          hidden_units=[args.hidden] * args.layers, mask="alternating",
-                         rescale=True, zero_init=True)  # pixels: start at the identity
+                         rescale=True, zero_init=True,  # pixels: start at the identity
+                         whiten=False)  # the paper's model; near-constant pixels
     # Data-dependent start (as ActNorm does): NICE's scaling S(h) = h * exp(s) begins at the
     # per-pixel standard deviation of the dequantised training images, so the untrained flow is
     # already a diagonal Gaussian about as wide as the data (from s = 0, Adam would need

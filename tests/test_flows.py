@@ -62,8 +62,8 @@ def test_trainable_variables_are_the_flow_layers(builder, kwargs, per_flow, even
     per_layer = [len(layer.trainable_variables) for layer in model.flow_layers]
     assert len(model.trainable_variables) == sum(per_layer)
     # 4 MLPs with two hidden and one output Dense (kernel + bias each), plus the rescaling,
-    # plus the whitening of vector RealNVP flows (log-diagonal, lower triangle, bias).
-    whitening = 3 if len(event_shape) == 1 and builder == "realnvp" else 0
+    # plus the whitening of vector flows (log-diagonal, lower triangle, bias).
+    whitening = 3 if len(event_shape) == 1 else 0
     assert len(model.trainable_variables) == 4 * 6 + per_flow + whitening
     assert {id(v) for v in model.trainable_variables} == {
         id(v) for layer in model.flow_layers for v in layer.trainable_variables}
@@ -144,7 +144,7 @@ def test_two_moons_fit_lowers_nll(source, jit_compile):
 
 
 def test_nice_without_rescaling_has_zero_log_det():
-    model = small_flow("nice", [5], rescale=False)
+    model = small_flow("nice", [5], rescale=False, whiten=False)  # the paper's NICE
     assert not any(isinstance(layer, tc.LogScale) for layer in model.flow_layers)
     x = tf.constant(np.random.default_rng(0).normal(size=(7, 5)) * 3.0)
     z, ildj = tc.fused.inverse_and_log_det(model.bijector, x, 1)
@@ -157,11 +157,12 @@ def test_nice_without_rescaling_has_zero_log_det():
 
 
 def test_nice_rescaling_learns_the_data_scale():
-    """On data 3x wider than the base, only the rescaling can change volume: its log-scale
-    must grow towards log 3, while a flow without it keeps a log-det of exactly 0."""
+    """On data 3x wider than the base, only the rescaling can change volume in the paper's NICE
+    (no whitening): its log-scale must grow towards log 3, while a flow without it keeps a
+    log-det of exactly 0."""
     x = (3.0 * np.random.default_rng(0).normal(size=(512, 2))).astype("float32")
-    with_scale = tc.nice_flow([2], num_couplings=2, hidden_units=[8], rescale=True)
-    without = tc.nice_flow([2], num_couplings=2, hidden_units=[8], rescale=False)
+    with_scale = tc.nice_flow([2], num_couplings=2, hidden_units=[8], rescale=True, whiten=False)
+    without = tc.nice_flow([2], num_couplings=2, hidden_units=[8], rescale=False, whiten=False)
     for model in (with_scale, without):
         model.compile(optimizer=keras.optimizers.Adam(0.05))
         model.fit(x, batch_size=128, epochs=6, verbose=0)  # 24 steps

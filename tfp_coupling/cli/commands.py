@@ -131,6 +131,8 @@ def _new_run(args: argparse.Namespace, given: set[str]) -> tuple[RunFolder, dict
                         normalize=not image_model, with_info=True)
     if info.kind == "image" and not image_model:
         config["flatten"] = True
+    if args.model == "nice":  # whitened, except flattened pixels (near-singular covariance)
+        config["whiten"] = not config.get("flatten", False)
     if info.kind != "image" and image_model:
         raise CLIError(f"--model {args.model} needs an image dataset; {args.dataset!r} "
                        f"holds vectors of shape {list(info.event_shape)}")

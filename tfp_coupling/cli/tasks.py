@@ -53,9 +53,11 @@ def build_model(config: dict) -> FlowModel:
     context = {} if c is None else {"context_shape": [c]}
     if config["model"] == "nice":
         # Flattened pixels: background pixels vary by far less than a random shift moves them,
-        # so NICE starts at the identity there (their data are not symmetric anyway).
+        # so NICE starts at the identity there (their data are not symmetric anyway). Runs
+        # written before NICE was whitened have no "whiten" key and rebuild without it.
         return nice_flow([config["event_size"]], num_couplings=couplings, hidden_units=hidden,
-                         zero_init=bool(config.get("flatten")), **context)
+                         zero_init=bool(config.get("flatten")),
+                         whiten=bool(config.get("whiten", False)), **context)
     if config["model"] == "realnvp":
         return realnvp_flow([config["event_size"]], num_couplings=couplings,
                             hidden_units=hidden, **context)
