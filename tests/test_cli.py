@@ -180,6 +180,17 @@ def test_table_nll_is_reported_in_the_data_units(tmp_path, capsys):
     assert cli.main(["evaluate", str(tmp_path / "runs" / "a"), "--dataset",
                      str(tmp_path / "b.npy"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["nll"] > nll["b"] + 10
+    # NICE runs on vectors are whitened; a run written before that (no "whiten" key) rebuilds
+    # unwhitened, so that its checkpoints still fit the model.
+    config = json.loads((tmp_path / "runs" / "a" / "config.json").read_text())
+    assert config["whiten"] is True
+
+    def whitened(config: dict) -> bool:
+        return any(isinstance(layer, tc.bijectors.TriLAffineParams)
+                   for layer in tasks.build_model(config).flow_layers)
+
+    assert whitened(config)
+    assert not whitened({k: v for k, v in config.items() if k != "whiten"})
 
 
 @needs_mnist
