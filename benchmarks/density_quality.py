@@ -130,15 +130,17 @@ class BestEpoch(keras.callbacks.Callback):
 
 def train_ours(build: Callable[[int], tc.FlowModel], s: Split, budget: Budget, seed: int,
                clipnorm: float | None = None, weight_decay: float | None = None,
-               info: dict | None = None):
+               info: dict | None = None, epsilon: float = 1e-7):
     """``(test NLL, epoch-mean training NLLs)`` of a tfp-coupling flow.
 
     ``weight_decay``: Keras' decoupled decay (``w -= lr * weight_decay * w`` per step, AdamW).
     ``info``, if given, receives ``start``: the test NLL of the untrained (initialised) flow.
+    ``epsilon``: Adam's (Keras' default 1e-7; PyTorch's, the peer's, is 1e-8).
     """
     keras.utils.set_random_seed(seed)
     model = build(s.train.shape[1])
-    opt = keras.optimizers.Adam(budget.lr, global_clipnorm=clipnorm, weight_decay=weight_decay)
+    opt = keras.optimizers.Adam(budget.lr, global_clipnorm=clipnorm, weight_decay=weight_decay,
+                                epsilon=epsilon)
     if weight_decay:  # decay the conditioners only, not the data-initialised whitening/ActNorm
         from tfp_coupling.bijectors.actnorm import data_initialized_layers
 

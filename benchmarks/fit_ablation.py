@@ -34,6 +34,8 @@ Second ablation: ``default`` is ``tc.realnvp_flow`` itself (whitened by a data-i
 * ``zuko-like`` (and ``, whiten``): data->latent, zuko clip 6.9, random last layer.
 * ``wd 1e-4``, ``wd 1e-3``, ``hidden 32``, ``4 couplings``: regularisation for the tables
   (``--tables``): Keras' decoupled weight decay on the conditioners, hidden [32, 32], 4 couplings.
+* ``adam eps 1e-8``: the default flow trained with Adam's epsilon at PyTorch's 1e-8 (Keras'
+  default is 1e-7), to separate the training loop from the flow in the comparison with zuko.
 * ``nice``, ``nice 8``: ``tc.nice_flow`` with 4 and 8 (its default) couplings; the runs record
   the test NLL of the initialised flow as ``start``. ``, zero init`` and ``, whiten`` set
   ``nice_flow``'s ``zero_init`` and ``whiten``.
@@ -112,6 +114,8 @@ VARIANTS: dict[str, dict] = {
     "wd 1e-3": {"builder": True, "weight_decay": 1e-3},
     "hidden 32": {"builder": True, "hidden": (32, 32)},
     "4 couplings": {"builder": True, "couplings": 4},
+    # The training loop: Adam's epsilon as PyTorch's (the peer's) instead of Keras' 1e-7.
+    "adam eps 1e-8": {"builder": True, "epsilon": 1e-8},
     # NICE (``tc.nice_flow``): its default 4 couplings against 8.
     "nice": {"builder": "nice", "couplings": 4},
     "nice 8": {"builder": "nice", "couplings": 8},
@@ -275,6 +279,7 @@ def main(argv: list[str] | None = None) -> None:
                         nll, hist = train_ours(lambda dim, v=v: build(v, dim), split, budget,
                                                seed, clipnorm=v.get("clip"),
                                                weight_decay=v.get("weight_decay"),
+                                               epsilon=v.get("epsilon", 1e-7),
                                                info=info)
                     rec = {"variant": r, "data": d, "seed": seed, "epochs": args.epochs,
                            "nll": nll, "history": hist, **info}
