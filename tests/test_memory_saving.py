@@ -112,18 +112,25 @@ def test_gradients_equal_the_ordinary_path_under_xla(name: str):
     assert error <= ATOL, f"{name} (XLA): relative gradient error {error:.1e}"
 
 
-def test_a_wrong_reconstruction_is_caught(monkeypatch):
-    """The comparison above can fail: an inverse off by 1e-7 in one step breaks it."""
+@pytest.mark.parametrize("step", ["actnorm", "coupling"])
+def test_a_wrong_reconstruction_is_caught(monkeypatch, step: str):
+    """The comparison above can fail: one rebuilt input off by 1e-7 breaks it."""
     model, x, context = _flow_and_data("realnvp_image_multiscale")
-    undo = invertible_backprop._Link.undo
+    if step == "actnorm":
+        undo = invertible_backprop._Link.undo
 
-    def slightly_wrong(self, outs, context):
-        ins = undo(self, outs, context)
-        if isinstance(self.bijector, tc.ActNorm):
-            ins = [ins[0] + 1e-7]
-        return ins
+        def slightly_wrong(self, outs, context):
+            ins = undo(self, outs, context)
+            return [ins[0] + 1e-7] if isinstance(self.bijector, tc.ActNorm) else ins
 
-    monkeypatch.setattr(invertible_backprop._Link, "undo", slightly_wrong)
+        monkeypatch.setattr(invertible_backprop._Link, "undo", slightly_wrong)
+    else:
+        rebuild = invertible_backprop._Halves.rebuild
+
+        def slightly_wrong(self, outs, context, tape):
+            return rebuild(self, [outs[0] + 1e-7, *outs[1:]], context, tape)
+
+        monkeypatch.setattr(invertible_backprop._Halves, "rebuild", slightly_wrong)
     error, _ = _max_error(model, x, context, "graph")
     assert error > ATOL, f"a wrong reconstruction went unnoticed (error {error:.1e})"
 
@@ -153,6 +160,7 @@ def test_fit_trains_as_the_ordinary_mode():
         np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+@pytest.mark.slow  # ~20 s: an XLA compile of an image flow's train step
 def test_image_fit_with_xla_and_dequantisation():
     keras.utils.set_random_seed(0)
     model = tc.realnvp_image_flow([8, 8, 1], num_scales=2, num_couplings_per_scale=1,
