@@ -28,6 +28,7 @@ Run (from the repository root)::
     python benchmarks/memory.py                  # the full table (batch 16, see --batch)
     python benchmarks/memory.py --quick          # smoke run: tiny flows, 1 round
     python benchmarks/memory.py --estimate       # 64x64x3, 32 couplings, batch 64
+    python benchmarks/memory.py --estimate --plan-only --hidden 64 --blocks 8   # plans only
 """
 
 from __future__ import annotations
@@ -165,11 +166,16 @@ def estimate(args) -> str:
                 seed=args.seed, graph=False)
     small = measure({**flow, "batch": args.estimate_small_batch,
                      "modes": ["ordinary", "memory-saving"]}, 0, 0.0, timed=False)
-    t0 = time.perf_counter()
-    full = measure({**flow, "batch": args.estimate_batch, "modes": ["memory-saving"]},
-                   1, 0.0, timed=True)
-    seconds = time.perf_counter() - t0
     scale = args.estimate_batch / args.estimate_small_batch
+    if args.plan_only:
+        full, run = {"memory-saving": {"xla_mb": None}}, "not run"
+    else:
+        t0 = time.perf_counter()
+        full = measure({**flow, "batch": args.estimate_batch, "modes": ["memory-saving"]},
+                       1, 0.0, timed=True)
+        run = (f"{full['memory-saving']['ms'] / 1e3:,.1f} s / step "
+               f"({time.perf_counter() - t0:.0f} s with compile)")
+    saving_full = full["memory-saving"]["xla_mb"]
     image = "x".join(map(str, shape))
     return "\n".join([
         f"### {image}, {k} couplings, hidden {args.hidden}, {args.blocks} block(s), "
@@ -180,8 +186,9 @@ def estimate(args) -> str:
         f"| ordinary | {_mb(small['ordinary']['xla_mb'])} | "
         f"{_mb(small['ordinary']['xla_mb'] * scale)} (x{scale:g}, estimate) | not run |",
         f"| memory-saving | {_mb(small['memory-saving']['xla_mb'])} | "
-        f"{_mb(full['memory-saving']['xla_mb'])} (planned) | "
-        f"{full['memory-saving']['ms'] / 1e3:,.1f} s / step ({seconds:.0f} s with compile) |",
+        + (f"{_mb(saving_full)} (planned) | " if saving_full is not None else
+           f"{_mb(small['memory-saving']['xla_mb'] * scale)} (x{scale:g}, estimate) | ")
+        + f"{run} |",
     ])
 
 
@@ -203,6 +210,8 @@ def main(argv=None) -> None:
     parser.add_argument("--estimate-couplings", type=int, default=32)
     parser.add_argument("--estimate-batch", type=int, default=64)
     parser.add_argument("--estimate-small-batch", type=int, default=4)
+    parser.add_argument("--plan-only", action="store_true",
+                        help="with --estimate: both modes' plans at the small batch, no run")
     parser.add_argument("--probe", help=argparse.SUPPRESS)
     parser.add_argument("--dump", help=argparse.SUPPRESS)
     parser.add_argument("--untimed", action="store_true", help=argparse.SUPPRESS)
