@@ -80,10 +80,10 @@ class FlowModel(keras.Model):
             rebuilds each step's input from its output with the exact inverse and re-runs the
             step, instead of storing every step's activations
             (:mod:`tfp_coupling.composition.invertible_backprop`). Training memory then stays
-            about one coupling's activations whatever the depth, for one extra inverse and
-            forward per step; values and gradients are those of the ordinary pass (to
-            round-off). Also settable by ``compile(invertible_backprop=...)``; saved with the
-            model's config.
+            about one coupling's activations whatever the depth, for one extra conditioner
+            call per coupling (steps 1.2-1.35x slower in ``benchmarks/memory.py``); values and
+            gradients are those of the ordinary pass (to round-off). Also settable by
+            ``compile(invertible_backprop=...)``; saved with the model's config.
 
     Conditional example:
         >>> import numpy as np
