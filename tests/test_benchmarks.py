@@ -111,3 +111,20 @@ def test_fit_ablation_variants_build_and_differ():
     for name, variant in ab.VARIANTS.items():
         model = ab.build({**variant, **small}, 2)
         assert np.isfinite(model.log_prob(x).numpy()).all(), name
+
+
+def test_memory_benchmark_smoke():
+    """One tiny flow in both modes: the XLA plans are read, and the table has both rows (the
+    full run is `python benchmarks/memory.py`)."""
+    mem = _load_benchmark("memory")
+    flow = dict(shape=(8, 8, 1), couplings=8, hidden=4, blocks=1, batch=4, seed=0,
+                graph=False, modes=list(mem.MODES))
+    result = mem.measure(flow, rounds=1, budget=0.0)
+    assert set(result) == {"ordinary", "memory-saving"}
+    assert all(r["xla_mb"] is not None and r["xla_mb"] > 0 for r in result.values()), result
+    # Even this tiny flow keeps less with memory saving on.
+    assert result["memory-saving"]["xla_mb"] < result["ordinary"]["xla_mb"], result
+    rows = [line for line in mem.table([(flow, result)]).splitlines()
+            if line.startswith("| 8x8x1 |")]
+    assert [r.split("|")[3].strip() for r in rows] == ["ordinary", "memory-saving"]
+    assert all(r.split("|")[-2].strip() for r in rows)  # the time ratio column is filled

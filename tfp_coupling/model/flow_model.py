@@ -16,6 +16,9 @@ from tfp_coupling.bijectors.actnorm import data_initialized_layers, initialize_f
 from tfp_coupling.bijectors.base import check_context_given, check_event_shape
 from tfp_coupling.callbacks import StopOnNonFiniteLoss
 from tfp_coupling.composition import fused
+from tfp_coupling.composition.invertible_backprop import (
+    inverse_and_log_det as inverse_and_log_det_rebuilt,
+)
 from tfp_coupling.model import inputs, keras_workarounds, registry
 from tfp_coupling.model.export import export_flow
 from tfp_coupling.model.sampling import base_noise
@@ -73,6 +76,14 @@ class FlowModel(keras.Model):
             returns ``log p(x | c)``, and ``fit(x, context)`` trains on pairs (the context is
             Keras' ``y``: ``fit(x, c)``, ``fit((x, c))``, ``validation_data=(x_val, c_val)`` and a
             dataset of ``(x, c)`` batches all work).
+        invertible_backprop: train with memory-saving gradients: ``log_prob``'s gradient
+            rebuilds each step's input from its output with the exact inverse and re-runs the
+            step, instead of storing every step's activations
+            (:mod:`tfp_coupling.composition.invertible_backprop`). Training memory then stays
+            about one coupling's activations whatever the depth, for one extra conditioner
+            call per coupling (steps 1.2-1.35x slower in ``benchmarks/memory.py``); values and
+            gradients are those of the ordinary pass (to round-off). Also settable by
+            ``compile(invertible_backprop=...)``; saved with the model's config.
 
     Conditional example:
         >>> import numpy as np
@@ -107,6 +118,7 @@ class FlowModel(keras.Model):
         dequantize: bool = False,
         report_bits_per_dim: bool = False,
         context_shape: Sequence[int] | None = None,
+        invertible_backprop: bool = False,
         **kwargs,
     ) -> None:
         flow_dtype = tf.as_dtype(flow_dtype)
@@ -122,6 +134,7 @@ class FlowModel(keras.Model):
         self.flow_config = dict(flow_config) if flow_config is not None else None
         self.dequantize = bool(dequantize)
         self.report_bits_per_dim = bool(report_bits_per_dim)
+        self.invertible_backprop = bool(invertible_backprop)
         self.noise_seed = keras.random.SeedGenerator(0)
         # Reported by fit/evaluate next to the loss (see compute_metrics).
         self.nll_tracker = keras.metrics.Mean(name="nll")
@@ -216,8 +229,9 @@ class FlowModel(keras.Model):
         """
         x = self._as_input(x)
         context = self._as_context(context, tf.shape(x)[0])
-        z, ildj = fused.inverse_and_log_det(self.bijector, x, len(self.event_shape),
-                                            context=context)
+        walk = (inverse_and_log_det_rebuilt if self.invertible_backprop
+                else fused.inverse_and_log_det)
+        z, ildj = walk(self.bijector, x, len(self.event_shape), context=context)
         # The base N(0, I) log-density in closed form, -|z|^2 / 2 - D log(2 pi) / 2: equal to
         # self._base.log_prob(z) with two elementwise passes over z where TFP's
         # Sample(Normal).log_prob takes about five (and as many in the gradient).
@@ -298,14 +312,18 @@ class FlowModel(keras.Model):
 
     # -- training: options, input checks, non-finite guard ---------------------------------------
 
-    def compile(self, optimizer="adam", *args, **kwargs) -> None:
+    def compile(self, optimizer="adam", *args, invertible_backprop: bool | None = None,
+                **kwargs) -> None:
         """``keras.Model.compile``; under ``mixed_float16`` the optimizer gets loss scaling.
 
         The model computes in ``flow_dtype``, so Keras would not see the float16 conditioners and
         would not wrap the optimizer in a ``LossScaleOptimizer``: this method does
         (``auto_scale_loss=False`` turns it off). ``jit_compile=True`` compiles each training step
-        with XLA.
+        with XLA. ``invertible_backprop`` (if given) sets the model's memory-saving training
+        mode (see :class:`FlowModel`).
         """
+        if invertible_backprop is not None:
+            self.invertible_backprop = bool(invertible_backprop)
         super().compile(optimizer, *args, **kwargs)
         if (kwargs.get("auto_scale_loss", True) and self.optimizer is not None
                 and not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
@@ -507,11 +525,15 @@ class FlowModel(keras.Model):
                 "tfp_coupling builder (realnvp_flow, nice_flow, ...) can be saved as .keras. "
                 "Save weights with model.save_weights instead."
             )
-        return {"name": self.name, "flow_config": self.flow_config}
+        return {"name": self.name, "flow_config": self.flow_config,
+                "invertible_backprop": self.invertible_backprop}
 
     @classmethod
     def from_config(cls, config: dict) -> FlowModel:
         flow_config = dict(config["flow_config"])
         builder = flow_config.pop("builder")
-        return registry.get_builder(builder)(
+        model = registry.get_builder(builder)(
             **registry.config_with_defaults(builder, flow_config), name=config.get("name"))
+        # A training option, not the flow's architecture: the builders do not take it.
+        model.invertible_backprop = bool(config.get("invertible_backprop", False))
+        return model
