@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import pytest
 from shared_data import MNIST_DIR, needs_mnist
+from without_package import PREAMBLE
 
 from tfp_coupling import cli, data
 from tfp_coupling.cli import tasks
@@ -205,16 +206,7 @@ def _small_mnist(folder: Path, n: int = 400) -> Path:
     return folder
 
 
-_CHILD = textwrap.dedent("""
-    import importlib.abc, sys
-
-    class _Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("tfp_coupling", "tensorflow_probability"):
-                raise ImportError(name)
-            return None
-
-    sys.meta_path.insert(0, _Block())
+_CHILD = PREAMBLE + textwrap.dedent("""
     import numpy as np
     import tensorflow as tf
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
+from without_package import PREAMBLE
 
 import tfp_coupling as tc
 
@@ -95,16 +96,7 @@ def test_save_and_reload(moons_pair, tmp_path):
                                atol=1e-6)
 
 
-_CHILD = textwrap.dedent("""
-    import importlib.abc, json, sys
-
-    class _Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("tfp_coupling", "tensorflow_probability"):
-                raise ImportError(name)
-            return None
-
-    sys.meta_path.insert(0, _Block())
+_CHILD = PREAMBLE + textwrap.dedent("""
     import numpy as np
     import tensorflow as tf
 

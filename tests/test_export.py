@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from without_package import PREAMBLE
 
 import tfp_coupling as tc
 
@@ -49,24 +50,7 @@ def exported(moons_flow, tmp_path_factory):
 # Runs in a fresh interpreter in which `import tfp_coupling` and `import tensorflow_probability`
 # fail (the package is installed editable in the venv, so a meta path finder blocks both),
 # loads the SavedModel with TensorFlow only and writes every endpoint's output to an .npz file.
-_CHILD = textwrap.dedent("""
-    import importlib.abc, json, sys
-
-    BLOCKED = ("tfp_coupling", "tensorflow_probability")
-
-    class _Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in BLOCKED:
-                raise ImportError(f"{name} is blocked in this process")
-            return None
-
-    sys.meta_path.insert(0, _Block())
-    blocked = []
-    for name in BLOCKED:
-        try:
-            __import__(name)
-        except ImportError:
-            blocked.append(name)
+_CHILD = PREAMBLE + textwrap.dedent("""
 
     import numpy as np
     import tensorflow as tf

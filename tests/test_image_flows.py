@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 from harness import check_flow, randomize_weights
 from shared_data import MNIST_IMAGES, needs_mnist
+from without_package import PREAMBLE
 
 import tfp_coupling as tc
 from tfp_coupling.dequantization import flow_bits_per_dim as bits_per_dim
@@ -199,15 +200,7 @@ def test_keras_save_and_load(builder, tmp_path, rng):
     assert all(layer.is_initialized for layer in tc.bijectors.actnorm_layers(loaded))
 
 
-_CHILD = textwrap.dedent("""
-    import importlib.abc, json, sys
-
-    class _Block(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "tfp_coupling" or name.startswith("tfp_coupling."):
-                raise ImportError("tfp_coupling is blocked in this process")
-
-    sys.meta_path.insert(0, _Block())
+_CHILD = PREAMBLE + textwrap.dedent("""
     import numpy as np
     import tensorflow as tf
 
