@@ -38,3 +38,43 @@ def test_mlp_initialisation_is_seeded_and_differs_between_layers():
     a, b = first_bias(), first_bias()
     np.testing.assert_array_equal(a[0], b[0])
     assert not np.allclose(a[0], a[1])
+
+
+def _resnet_features(net: tc.nets.ResNet, x: np.ndarray) -> np.ndarray:
+    """What ``net`` feeds its output convolution: ``act(h_K)``."""
+    net(x)  # builds
+    h = net.conv_in(x)
+    for a, b in net.blocks:
+        h = h + b(net.act(a(net.act(h))))
+        if net.scale_residuals:
+            h = h * np.sqrt(0.5)
+    return np.asarray(net.act(h))
+
+
+def test_scaled_resnet_blocks_keep_the_activation_scale_with_depth():
+    """Unscaled He-initialised residual blocks double the variance of ``h`` each: 8 blocks give
+    the output convolution inputs 16x larger, and Adam's first step then moves a deep flow's
+    shifts far enough to send its NLL to inf. Scaled by 1/sqrt(2) the scale stays put."""
+    x = np.random.default_rng(0).normal(size=(8, 8, 8, 4)).astype("float32")
+    std = {}
+    for scaled in (False, True):
+        for blocks in (1, 8):
+            keras.utils.set_random_seed(0)
+            net = tc.nets.ResNet(32, blocks, 2, scale_residuals=scaled)
+            std[scaled, blocks] = float(_resnet_features(net, x).std())
+            out = np.asarray(net(x))
+            assert np.all(out == 0.0)  # still the identity coupling at the start
+    assert std[False, 8] > 4 * std[False, 1], std
+    assert std[True, 8] < 2 * std[True, 1], std
+
+
+def test_image_flow_scales_its_blocks_and_old_configs_do_not():
+    model = tc.realnvp_image_flow([8, 8, 1], num_scales=1, hidden_channels=8, num_blocks=2,
+                                  num_final_couplings=1, actnorm=False)
+    nets = [layer for layer in model.flow_layers if isinstance(layer, tc.nets.ResNet)]
+    assert nets and all(net.scale_residuals for net in nets)
+    config = {k: v for k, v in model.get_config()["flow_config"].items()
+              if k != "scale_residuals"}  # as a file saved before the option existed
+    old = type(model).from_config({"name": "old", "flow_config": config})
+    assert not any(layer.scale_residuals for layer in old.flow_layers
+                   if isinstance(layer, tc.nets.ResNet))

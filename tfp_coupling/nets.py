@@ -129,10 +129,15 @@ class ResNet(keras.layers.Layer):
     Maths (``conv`` a ``kernel_size`` x ``kernel_size`` "same" convolution)::
 
         h_0 = conv_in(x)                                   [N, H, W, hidden_channels]
-        h_k = h_{k-1} + conv_k2(act(conv_k1(act(h_{k-1}))))   k = 1 .. num_blocks
+        h_k = r * (h_{k-1} + conv_k2(act(conv_k1(act(h_{k-1})))))   k = 1 .. num_blocks
         out = conv_out(act(h_K))                           [N, H, W, output_channels]
 
-    ``conv_out`` is zero-initialised (``zero_init=True``), so a new coupling is the identity.
+    with ``r = 1/sqrt(2)`` if ``scale_residuals`` else 1. ``conv_out`` is zero-initialised
+    (``zero_init=True``), so a new coupling is the identity. With He-initialised convolutions
+    each unscaled block doubles the variance of ``h``: after 8 blocks its activations are 16x
+    those of ``h_0``, Adam's first step (every output weight moves by the learning rate) gives
+    every coupling a large shift, and a deep multi-scale flow's NLL went to inf after one step at
+    lr 1e-4 (``benchmarks/README.md``, training memory). ``r`` keeps the variance constant.
     It maps ``[N, H, W, C_a]`` to ``[N, H, W, output_channels]``; for a coupling use
     ``output_channels = num_params * C_b`` (``2 * C_b`` for an affine coupling: shift, then
     log-scale). With a checkerboard mask the coupling feeds it the masked image (``C_a = C``);
@@ -145,6 +150,8 @@ class ResNet(keras.layers.Layer):
         kernel_size: odd convolution size (3 in the RealNVP paper).
         activation: activation name (any Keras activation).
         zero_init: zero-initialise the output convolution.
+        scale_residuals: multiply each block's sum by ``1/sqrt(2)`` (off for layers saved
+            before it existed).
         **kwargs: passed to ``keras.layers.Layer`` (``name``, ``dtype`` policy).
 
     Example:
@@ -167,9 +174,11 @@ class ResNet(keras.layers.Layer):
         kernel_size: int = 3,
         activation: str = "relu",
         zero_init: bool = True,
+        scale_residuals: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        self.scale_residuals = bool(scale_residuals)
         self.hidden_channels = int(hidden_channels)
         self.num_blocks = int(num_blocks)
         self.output_channels = int(output_channels)
@@ -212,6 +221,8 @@ class ResNet(keras.layers.Layer):
         h = self.conv_in(inputs)
         for a, b in self.blocks:
             h = h + b(self.act(a(self.act(h))))
+            if self.scale_residuals:
+                h = h * tf.cast(math.sqrt(0.5), h.dtype)
         return self.conv_out(self.act(h))
 
     def compute_output_shape(self, input_shape):
@@ -226,6 +237,7 @@ class ResNet(keras.layers.Layer):
             "kernel_size": self.kernel_size,
             "activation": self.activation,
             "zero_init": self.zero_init,
+            "scale_residuals": self.scale_residuals,
         }
 
 

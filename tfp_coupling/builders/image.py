@@ -70,6 +70,7 @@ def realnvp_image_flow(
     log_scale_clamp: float | None = 5.0,
     activation: str = "relu",
     context_shape: Sequence[int] | None = None,
+    scale_residuals: bool = True,
     dtype: tf.DType | str = "float32",
     name: str | None = None,
 ) -> ImageFlowModel:
@@ -87,7 +88,8 @@ def realnvp_image_flow(
         last scale: num_final_couplings affine couplings, checkerboard masks
 
     Each coupling's conditioner is a :class:`tfp_coupling.nets.ResNet` (3x3 convolutions,
-    ``hidden_channels`` wide, ``num_blocks`` residual blocks, zero-initialised output). With
+    ``hidden_channels`` wide, ``num_blocks`` residual blocks, variance-preserving with
+    ``scale_residuals``, zero-initialised output). With
     ``actnorm`` an :class:`~tfp_coupling.bijectors.ActNorm` precedes every coupling (in place of
     the paper's batch normalisation; initialised from the first batch of the first ``fit``). The
     per-scale unsqueeze keeps the latent in the data's shape, so the base is ``N(0, I)`` on
@@ -128,6 +130,7 @@ def realnvp_image_flow(
             i = next(counter)
             b_shape = masks.Partition(m).b_shape
             net = nets.ResNet(hidden_channels, num_blocks, 2 * b_shape[-1], activation=activation,
+                              scale_residuals=scale_residuals,
                               dtype=nets.conditioner_policy(dtype), name=f"{name}_resnet_{i}")
             if actnorm:
                 steps.append(ActNorm(event_shape, dtype=dtype, name=f"{name}_actnorm_{i}"))

@@ -133,6 +133,8 @@ def _new_run(args: argparse.Namespace, given: set[str]) -> tuple[RunFolder, dict
         config["flatten"] = True
     if args.model == "nice":  # whitened, except flattened pixels (near-singular covariance)
         config["whiten"] = not config.get("flatten", False)
+    if args.model == "realnvp-image":  # variance-preserving residual blocks (nets.ResNet)
+        config["scale_residuals"] = True
     if info.kind != "image" and image_model:
         raise CLIError(f"--model {args.model} needs an image dataset; {args.dataset!r} "
                        f"holds vectors of shape {list(info.event_shape)}")

@@ -63,8 +63,10 @@ def build_model(config: dict) -> FlowModel:
                             hidden_units=hidden, **context)
     builder = get_builder(IMAGE_MODELS[config["model"]])
     if config["model"] == "realnvp-image":  # multi-scale, conv conditioners
+        # Runs written before the blocks were scaled have no key and rebuild unscaled.
         return builder(config["image_shape"], num_couplings_per_scale=couplings,
-                       hidden_channels=hidden[0], **context)
+                       hidden_channels=hidden[0],
+                       scale_residuals=bool(config.get("scale_residuals", False)), **context)
     return builder(config["image_shape"], num_couplings=couplings, hidden_units=hidden)
 
 

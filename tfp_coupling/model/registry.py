@@ -37,6 +37,7 @@ _REGISTERED: dict[str, Callable] = {}
 _CONFIG_BEFORE = {
     "nice_flow": {"whiten": False, "zero_init": True},
     "realnvp_flow": {"whiten": False, "normalizing": False},
+    "realnvp_image_flow": {"scale_residuals": False},
 }
 
 
