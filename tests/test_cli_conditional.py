@@ -15,25 +15,14 @@ import keras
 import numpy as np
 import pytest
 from shared_data import MNIST_DIR, needs_mnist
+from test_cli import _error_line, _train
 from without_package import PREAMBLE
 
 from tfp_coupling import cli, data
 from tfp_coupling.cli import tasks
 
-TINY = ["--couplings", "2", "--hidden", "16", "--quiet"]
 SEED = 1
 FAST = ["--epochs", "10", "--lr", "3e-3", "--batch-size", "32", "--seed", str(SEED)]
-
-
-def _train(out: Path, name: str, *extra: str) -> int:
-    return cli.main(["train", "--out", str(out), "--name", name, *TINY, *extra])
-
-
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("tfp-coupling: error: ")
-    return err[0]
 
 
 def _shifted_table(folder: Path) -> tuple[Path, Path]:
