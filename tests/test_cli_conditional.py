@@ -4,10 +4,7 @@ MNIST labels, and what evaluate, sample, export and ``--resume`` make of them.""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -16,7 +13,7 @@ import numpy as np
 import pytest
 from shared_data import MNIST_DIR, needs_mnist
 from test_cli import _error_line, _train
-from without_package import PREAMBLE
+from without_package import PREAMBLE, run_child
 
 from tfp_coupling import cli, data
 from tfp_coupling.cli import tasks
@@ -238,13 +235,7 @@ def test_class_conditional_mnist_run(tmp_path, capsys):
     x = data.load("mnist", "test", data_dir=folder, n=4).reshape(4, -1)
     c = np.eye(10, dtype=np.float32)[data.load_labels("mnist", "test", data_dir=folder, n=4)]
     np.savez(tmp_path / "in.npz", x=x, c=c)
-    (tmp_path / "child.py").write_text(_CHILD)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-I", str(tmp_path / "child.py"),
-                           str(run / "saved_model"), str(tmp_path / "in.npz"),
-                           str(tmp_path / "out.npz")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_child(_CHILD, tmp_path, run / "saved_model", tmp_path / "in.npz", tmp_path / "out.npz")
     out = np.load(tmp_path / "out.npz")
     np.testing.assert_allclose(out["log_prob"], model.log_prob(x, c), rtol=1e-5, atol=1e-3)
     assert out["sample"].shape == (4, 784)

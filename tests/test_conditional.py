@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_probability as tfp
-from without_package import PREAMBLE
+from without_package import PREAMBLE, run_child
 
 import tfp_coupling as tc
 
@@ -122,13 +122,8 @@ def test_export_with_context_loads_without_the_package(moons_pair, tmp_path):
     x, c = x[:16], c[:16]
     z = np.random.default_rng(2).normal(size=(16, 2)).astype("float32")
     np.savez(tmp_path / "in.npz", x=x, c=c, z=z)
-    (tmp_path / "child.py").write_text(_CHILD)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-I", str(tmp_path / "child.py"),
-                           str(tmp_path / "flow"), str(tmp_path / "in.npz"),
-                           str(tmp_path / "out.npz")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_child(_CHILD, tmp_path, tmp_path / "flow", tmp_path / "in.npz",
+                     tmp_path / "out.npz")
     assert {"log_prob", "sample", "forward", "inverse"} <= set(
         json.loads(proc.stdout.strip().splitlines()[-1]))
     out = np.load(tmp_path / "out.npz")

@@ -8,7 +8,11 @@ loaded after it needs TensorFlow only.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 PREAMBLE = textwrap.dedent("""
     import importlib.abc, json, sys
@@ -29,3 +33,15 @@ PREAMBLE = textwrap.dedent("""
         except ImportError:
             blocked.append(_name)
 """)
+
+
+def run_child(script: str, folder, *args) -> subprocess.CompletedProcess:
+    """Runs ``PREAMBLE``-led ``script`` with ``args`` in an isolated interpreter in ``folder``
+    (no ``PYTHONPATH``, ``-I``); asserts it exited cleanly and returns it."""
+    path = Path(folder) / "child.py"
+    path.write_text(script)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-I", str(path), *map(str, args)], cwd=folder,
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
