@@ -482,3 +482,22 @@ def test_a_failed_start_leaves_no_run_folder(tmp_path, capsys):
     assert "non-finite loss" in _error_line(capsys)
     assert not (tmp_path / "d").exists()  # so that a retry with the same --name starts afresh
     assert _train(tmp_path, "d", "--epochs", "1") == 0
+
+
+def test_invertible_backprop_trains_the_same_run_and_is_recorded(tmp_path):
+    # Memory-saving gradients equal the stored ones, so the same seeded run ends at the same
+    # weights; the mode is recorded, kept by the saved model and switchable on --resume.
+    assert _train(tmp_path, "plain", "--epochs", "1", "--dataset", "rings") == 0
+    assert _train(tmp_path, "saving", "--epochs", "1", "--dataset", "rings",
+                  "--invertible-backprop") == 0
+    plain, saving = (json.loads((tmp_path / n / "metrics.json").read_text())
+                     for n in ("plain", "saving"))
+    assert saving["config"]["invertible_backprop"] is True
+    assert plain["config"]["invertible_backprop"] is False
+    assert saving["test_nll"] == pytest.approx(plain["test_nll"], abs=1e-4)
+    model = keras.models.load_model(tmp_path / "saving" / "model.keras", compile=False)
+    assert model.invertible_backprop
+    assert cli.main(["train", "--resume", str(tmp_path / "plain"), "--epochs", "2",
+                     "--invertible-backprop", "--quiet"]) == 0
+    config = json.loads((tmp_path / "plain" / "config.json").read_text())
+    assert config["invertible_backprop"] is True

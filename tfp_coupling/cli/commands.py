@@ -98,6 +98,8 @@ def _resumed_run(args: argparse.Namespace, given: set[str]) -> tuple[RunFolder, 
         config["epochs"] = args.epochs
     if "jit" in given:
         config["jit"] = bool(args.jit)
+    if "invertible_backprop" in given:
+        config["invertible_backprop"] = bool(args.invertible_backprop)
     if "patience" in given:
         check_patience(args.patience)
         config["patience"] = args.patience

@@ -31,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "data_dir": None,
     "mixed_precision": None,
     "jit": False,
+    "invertible_backprop": False,  # memory-saving gradients; a training mode, not the model
     "context_columns": None,  # a table's columns as the context c of p(x | c)
     "conditional": False,  # images: the one-hot class label as the context
 }
@@ -131,6 +132,7 @@ def new_config(args: argparse.Namespace) -> dict:
         "patience": args.patience,
         "seed": args.seed,
         "jit": bool(args.jit),
+        "invertible_backprop": bool(args.invertible_backprop),
         "mixed_precision": args.mixed_precision,
         # Keras' version from its package metadata: importing Keras imports TensorFlow.
         "versions": {"tfp_coupling": __version__,

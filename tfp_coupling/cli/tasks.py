@@ -136,7 +136,9 @@ def _train(run: RunFolder, config: dict, train: RunData, val: RunData, test: Run
     keras.utils.set_random_seed(config["seed"])
     model = build_model(config)
     model.compile(optimizer=_optimizer(config, math.ceil(len(x_train) / config["batch_size"])),
-                  jit_compile=bool(config["jit"]))
+                  jit_compile=bool(config["jit"]),
+                  # Runs saved before the option existed trained without it.
+                  invertible_backprop=bool(config.get("invertible_backprop", False)))
 
     run.checkpoints.mkdir(exist_ok=True)
     adopt_keras_backup(run.checkpoints, run.checkpoints / "backup")  # earlier versions' runs
