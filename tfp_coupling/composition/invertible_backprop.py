@@ -262,10 +262,7 @@ def _plan(bijector, event_ndims: int, forward: bool) -> tuple[list[_Step], int]:
         while i < len(links):
             run = fused._coupling_run(links, i)
             if fused._uses_coupling_parts(run[0]):
-                steps.append(_Split(run[0], "x" if forward else "y"))
-                steps += [_Halves(c, forward, event_ndims, swap=k < len(run) - 1)
-                          for k, c in enumerate(run)]
-                steps.append(_Merge(run[-1].partition))
+                steps += _coupling_steps(run, event_ndims, forward)
             else:
                 more, event_ndims = _plan(links[i], event_ndims, forward)
                 steps += more
@@ -276,8 +273,17 @@ def _plan(bijector, event_ndims: int, forward: bool) -> tuple[list[_Step], int]:
     if isinstance(bijector, FactorOut) and event_ndims == len(bijector.event_shape):
         inner, _ = _plan(bijector.inner, len(bijector.inner_event_shape), forward)
         return [_Park(bijector.num_kept), *inner, _Unpark(bijector.num_kept)], event_ndims
+    if fused._uses_coupling_parts(bijector):  # a lone coupling: its rebuild shares one call too
+        return _coupling_steps([bijector], event_ndims, forward), event_ndims
     link = _Link(bijector, forward, event_ndims)
     return [link], link.out_event_ndims
+
+
+def _coupling_steps(run: list, event_ndims: int, forward: bool) -> list[_Step]:
+    """A run of chained couplings on halves: one split, the couplings, one merge."""
+    return [_Split(run[0], "x" if forward else "y"),
+            *(_Halves(c, forward, event_ndims, swap=k < len(run) - 1) for k, c in enumerate(run)),
+            _Merge(run[-1].partition)]
 
 
 # -- the walk ----------------------------------------------------------------------------------
