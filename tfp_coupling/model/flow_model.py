@@ -381,6 +381,10 @@ class FlowModel(keras.Model):
         ``NonFiniteLossError`` naming the epoch and batch, before any checkpoint of that epoch
         is written.
 
+        Arrays are fed through a pipeline that shuffles them anew every epoch: Keras' own
+        shuffle of arrays repeats one order in every epoch once a global seed is set
+        (:func:`tfp_coupling.model.keras_workarounds.reshuffling_dataset`).
+
         On the first call, layers initialised from data (``ActNorm``, ``TriLAffine``) that are
         not initialised yet are set from the first training rows (up to 4096 for vector events,
         512 for images; see :func:`tfp_coupling.initialize_from_data`).
@@ -400,6 +404,17 @@ class FlowModel(keras.Model):
             val_x = (validation_data[0] if isinstance(validation_data, tuple | list)
                      else validation_data)
             inputs.check_data(val_x, self.event_shape, self.name, "validation_data")
+        if kwargs.get("shuffle", True) is True:  # a fresh permutation per epoch, also seeded
+            piped = keras_workarounds.reshuffling_dataset(
+                x, y, kwargs.get("sample_weight"), batch_size, validation_split)
+            if piped is not None:
+                x, validation = piped
+                y = batch_size = None
+                kwargs.pop("sample_weight", None)
+                kwargs["shuffle"] = False  # done by the pipeline (and Keras would warn)
+                if validation is not None and validation_data is None:
+                    validation_data = validation
+                validation_split = 0.0
         guard = None
         if not isinstance(callbacks, keras.callbacks.CallbackList):
             callbacks = list(callbacks or [])
