@@ -64,6 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import keras
 import numpy as np
 import tensorflow as tf
+import tensorflow_probability as tfp
 from density_quality import (
     TABLES,
     TOY,
@@ -109,11 +110,27 @@ VARIANTS: dict[str, dict] = {
     "data->latent, zuko clip 6.9": {**_NEW, "clamp": 6.9, "form": "zuko", "normalizing": True},
     "data->latent, clamp 3": {**_NEW, "clamp": 3.0, "normalizing": True},
     "data->latent, random last layer": {**_NEW, "normalizing": True, "zero_out": False},
+    # The same with the output layer's random start scaled by 0.1: near the Gaussian fit.
+    "data->latent, small random last layer": {**_NEW, "normalizing": True, "zero_out": False,
+                                              "out_scale": 0.1},
+    # Fixed random reflections between couplings (each coupling's split in new coordinates; an
+    # orthogonal map takes N(0, I) to itself, so the whitened start is still the Gaussian fit).
+    "rotations": {**_NEW, "normalizing": True, "rotate": True},
+    # Extrapolation: a shift bounded by 5 tanh(t / 5), or tanh hidden units (s and t level off
+    # away from the training rows instead of growing linearly as with ReLU).
+    "shift clamp 5": {**_NEW, "normalizing": True, "shift_clamp": 5.0},
+    "tanh": {**_NEW, "normalizing": True, "activation": "tanh"},
+    # ReLU conditioners whose input is squashed first, c tanh(x / c): linear near the data,
+    # constant far from it, so s and t level off for outlying rows.
+    "input squash 4": {**_NEW, "normalizing": True, "squash": 4.0},
     # Table rows (regularisation for small tables).
     "wd 1e-4": {"builder": True, "weight_decay": 1e-4},
     "wd 1e-3": {"builder": True, "weight_decay": 1e-3},
     "hidden 32": {"builder": True, "hidden": (32, 32)},
     "4 couplings": {"builder": True, "couplings": 4},
+    # The default after FlowModel.fit began drawing a new batch order every epoch (Keras
+    # repeated one order in every epoch of a seeded run): rows of runs made since.
+    "default, fresh shuffle": {"builder": True},
     # The training loop: Adam's epsilon as PyTorch's (the peer's) instead of Keras' 1e-7.
     "adam eps 1e-8": {"builder": True, "epsilon": 1e-8},
     # NICE (``tc.nice_flow``): its default 4 couplings against 8.
@@ -121,6 +138,8 @@ VARIANTS: dict[str, dict] = {
     "nice 8": {"builder": "nice", "couplings": 8},
     "nice 8, zero init": {"builder": "nice", "couplings": 8, "zero_init": True},
     "nice 8, whiten": {"builder": "nice", "couplings": 8, "whiten": True},
+    "nice 8, whiten, tanh": {"builder": "nice", "couplings": 8, "whiten": True,
+                             "activation": "tanh"},
     "nice 8, whiten, zero init": {"builder": "nice", "couplings": 8, "whiten": True,
                                   "zero_init": True},
 }
@@ -132,6 +151,25 @@ class SigmoidScaleCoupling(tc.AffineCoupling):
     def _constrain(self, params):
         shift, raw = params
         return [shift, tf.math.log(tf.sigmoid(raw + 2.0) + 1e-3)]
+
+
+class ShiftClampCoupling(tc.AffineCoupling):
+    """Affine coupling whose shift is bounded too: ``t = c tanh(t_raw / c)``."""
+
+    shift_clamp = 5.0
+
+    def _constrain(self, params):
+        shift, log_scale = super()._constrain(params)
+        return [self.shift_clamp * tf.tanh(shift / self.shift_clamp), log_scale]
+
+
+class SquashedInputMLP(tc.nets.MLP):
+    """``tc.nets.MLP`` applied to ``c tanh(x / c)`` instead of ``x``."""
+
+    squash = 4.0
+
+    def call(self, inputs):
+        return super().call(self.squash * tf.tanh(inputs / self.squash))
 
 
 class ZukoClipCoupling(tc.AffineCoupling):
@@ -168,13 +206,16 @@ def build(variant: dict, dim: int) -> tc.FlowModel:
     if variant.get("builder") == "nice":
         return tc.nice_flow([dim], num_couplings=couplings, hidden_units=hidden,
                             zero_init=variant.get("zero_init", False),
-                            whiten=variant.get("whiten", False))
+                            whiten=variant.get("whiten", False),
+                            activation=variant.get("activation", "relu"))
     if variant.get("builder"):
         return tc.realnvp_flow([dim], num_couplings=couplings, hidden_units=hidden)
     if variant.get("sigmoid"):
         cls = SigmoidScaleCoupling
     elif variant.get("form") == "zuko":
         cls = ZukoClipCoupling
+    elif "shift_clamp" in variant:
+        cls = type("ShiftClamp", (ShiftClampCoupling,), {"shift_clamp": variant["shift_clamp"]})
     else:
         cls = tc.AffineCoupling
     if variant.get("normalizing"):
@@ -184,10 +225,24 @@ def build(variant: dict, dim: int) -> tc.FlowModel:
     for i, m in enumerate(tc.mask_sequence([dim], couplings, variant.get("mask"))):
         if variant.get("actnorm") and i > 0:
             steps.append(tc.ActNorm([dim], name=f"actnorm_{i}"))
+        if variant.get("rotate") and i > 0:
+            # A random Householder reflection: orthogonal, log-det 0 known (XLA-compilable).
+            v = np.random.default_rng(int(keras.random.randint((), 0, 2**30))).normal(size=dim)
+            steps.append(tfp.bijectors.ScaleMatvecLinearOperator(
+                tf.linalg.LinearOperatorHouseholder(tf.constant(v, tf.float32))))
         b = tc.masks.Partition(m).b_shape[-1]
-        net = tc.nets.MLP(hidden, [2 * b], zero_init=variant.get("zero_out", True))
+        net = (SquashedInputMLP if "squash" in variant else tc.nets.MLP)(
+            hidden, [2 * b], zero_init=variant.get("zero_out", True),
+            activation=variant.get("activation", "relu"))
+        if "squash" in variant:
+            net.squash = variant["squash"]
         steps.append(cls(m, net, log_scale_clamp=clamp))
     model = tc.FlowModel(tc.Chain(steps), [dim])
+    if "out_scale" in variant:
+        for layer in model.flow_layers:
+            if isinstance(layer, tc.nets.MLP):
+                for w in layer.out.weights:
+                    w.assign(w * variant["out_scale"])
     if variant.get("init") == "zero_bias":
         rng = np.random.default_rng(int(keras.random.randint((), 0, 2**30)))
         for layer in model.flow_layers:

@@ -128,3 +128,23 @@ def test_memory_benchmark_smoke():
             if line.startswith("| 8x8x1 |")]
     assert [r.split("|")[3].strip() for r in rows] == ["ordinary", "memory-saving"]
     assert all(r.split("|")[-2].strip() for r in rows)  # the time ratio column is filled
+
+
+def test_memory_benchmark_train_and_vector_smoke():
+    """``--train`` trains with memory saving and reports each step; ``--vector`` builds the
+    784-D-style vector flow on standard normal rows."""
+    import argparse
+
+    mem = _load_benchmark("memory")
+    images = mem.blob_images((8, 8, 3), 4, seed=0)
+    assert images.shape == (4, 8, 8, 3) and 0 <= images.min() and images.max() <= 255
+    assert np.array_equal(images, np.round(images)) and images.std() > 10
+    args = argparse.Namespace(estimate_shape=[8, 8, 3], estimate_couplings=4,
+                              estimate_batch=4, hidden=4, blocks=1, seed=0, lr=1e-3, train=2)
+    report = mem.train_large(args)
+    steps = [line.split("|") for line in report.splitlines() if line.startswith("| ")][2:]
+    assert len(steps) == 2 and all(np.isfinite(float(s[2])) for s in steps)
+    assert "held-out NLL before training" in report and "after 2 steps" in report
+    model = mem.build((16,), 4, 8, 1, 0)
+    assert not model.invertible_backprop and len(model.bijector.bijectors) == 4
+    assert np.isfinite(model.log_prob(mem.pixels((16,), 3, 0)).numpy()).all()

@@ -191,6 +191,19 @@ def test_table_nll_is_reported_in_the_data_units(tmp_path, capsys):
 
     assert whitened(config)
     assert not whitened({k: v for k, v in config.items() if k != "whiten"})
+    # Tables train tanh conditioners (NICE's here, RealNVP's in the test below); a run
+    # written before the option rebuilds with ReLU; --resume keeps the run's.
+    assert config["activation"] == "tanh"
+
+    def activations(config: dict) -> set[str]:
+        return {layer.activation for layer in tasks.build_model(config).flow_layers
+                if isinstance(layer, tc.nets.MLP)}
+
+    assert activations(config) == {"tanh"}
+    assert activations({k: v for k, v in config.items() if k != "activation"}) == {"relu"}
+    assert cli.main(["train", "--resume", str(tmp_path / "runs" / "a"), "--activation", "relu",
+                     "--epochs", "2"]) == 1
+    assert "cannot change --activation" in _error_line(capsys)
 
 
 @needs_mnist
@@ -232,6 +245,7 @@ def test_mnist_offline_run_reports_bits_per_dim(tmp_path, capsys):
     (["--hidden", "64,x"], "--hidden must be comma-separated positive integers"),
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--model", "realnvp-image"], "needs an image dataset"),
+    (["--model", "realnvp-image", "--activation", "tanh"], "realnvp-image has convolutional"),
     (["--model", "glow"], "unknown model 'glow'"),
 ])
 def test_bad_input_gives_one_line_and_no_run_folder(tmp_path, capsys, args, message):
@@ -333,6 +347,7 @@ def test_table_runs_get_the_small_data_defaults(tmp_path):
     assert _train(tmp_path, "t", "--dataset", str(table), "--epochs", "2") == 0
     config = json.loads((tmp_path / "t" / "config.json").read_text())
     assert (config["lr"], config["batch_size"], config["epochs"]) == (1e-4, 64, 2)
+    assert config["activation"] == "tanh"  # RealNVP's conditioners, as for NICE above
 
 
 def _run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

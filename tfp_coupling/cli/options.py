@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "mixed_precision": None,
     "jit": False,
     "invertible_backprop": False,  # memory-saving gradients; a training mode, not the model
+    "activation": None,  # the vector conditioners' hidden units: relu, or tanh on tables
     "context_columns": None,  # a table's columns as the context c of p(x | c)
     "conditional": False,  # images: the one-hot class label as the context
 }
@@ -43,12 +44,18 @@ DEFAULT_HIDDEN = {"nice": "128,128", "realnvp": "64,64", "nice-image": "256,256"
 DEFAULT_EPOCHS = {"nice": 100, "realnvp": 100, "nice-image": 40, "realnvp-image": 40}
 # Tables are usually small (hundreds of rows): at lr 1e-3 a flow overfits within a few epochs and
 # single validation rows reach huge NLLs; these won on the benchmark's tables.
-TABLE_DEFAULTS = {"lr": 1e-4, "batch_size": 64, "epochs": 300}
+# tanh conditioners generalise from a few hundred rows where ReLU ones overfit: on the
+# benchmark's tables (5 seeds) RealNVP's test NLL fell by 0.3 (wine), 1.7 (diabetes) and 8.8
+# nats (breast_cancer), NICE's by -0.09, 0.03 and 1.4 (then below the Gaussian on all three);
+# on 8,000-point 2-D data ReLU fits better (RealNVP, two moons: by 0.06).
+TABLE_DEFAULTS = {"lr": 1e-4, "batch_size": 64, "epochs": 300, "activation": "tanh"}
+ACTIVATIONS = ("relu", "tanh")
 # The learning rate rises linearly over the first WARMUP_EPOCHS (at most a tenth of the run):
 # at full rate from the first step a new flow's first epochs are its least stable.
 WARMUP_EPOCHS = 5
 # Settings that define a run: --resume refuses to change them.
-RUN_SETTINGS = ("model", "dataset", "couplings", "hidden", "batch_size", "lr", "schedule",
+RUN_SETTINGS = ("model", "dataset", "couplings", "hidden", "activation", "batch_size", "lr",
+                "schedule",
                 "clipnorm", "weight_decay", "seed", "data_dir", "mixed_precision")
 MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
 
@@ -113,6 +120,9 @@ def new_config(args: argparse.Namespace) -> dict:
         raise CLIError(f"--couplings must be >= 1, got {args.couplings}")
     if not (args.weight_decay >= 0 and math.isfinite(args.weight_decay)):
         raise CLIError(f"--weight-decay must be >= 0, got {args.weight_decay}")
+    if args.activation is not None and args.model in IMAGE_MODELS:
+        raise CLIError(f"--activation sets the MLP conditioners of realnvp and nice; "
+                       f"{args.model} has convolutional ones")
     check_patience(args.patience)
     hidden = parse_hidden(args.hidden)
     return {
@@ -133,6 +143,7 @@ def new_config(args: argparse.Namespace) -> dict:
         "seed": args.seed,
         "jit": bool(args.jit),
         "invertible_backprop": bool(args.invertible_backprop),
+        "activation": None if args.model in IMAGE_MODELS else args.activation or "relu",
         "mixed_precision": args.mixed_precision,
         # Keras' version from its package metadata: importing Keras imports TensorFlow.
         "versions": {"tfp_coupling": __version__,

@@ -7,6 +7,7 @@ import argparse
 from tfp_coupling import __version__
 from tfp_coupling.cli import commands
 from tfp_coupling.cli.options import (
+    ACTIVATIONS,
     DEFAULT_COUPLINGS,
     DEFAULT_HIDDEN,
     DEFAULTS,
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     f"(default {h['realnvp']} realnvp, {h['nice']} nice; "
                                     f"nice-image {h['nice-image']}; realnvp-image: channels, "
                                     f"{h['realnvp-image']})")
+    t.add_argument("--activation", choices=ACTIVATIONS,
+                   help="hidden units of the realnvp/nice conditioners (default relu; tables "
+                        "tanh)")
     t.add_argument("--epochs", type=int, help="epochs (default 100; image models 40)")
     t.add_argument("--batch-size", type=int, help=f"batch size (default "
                                                   f"{DEFAULTS['batch_size']})")

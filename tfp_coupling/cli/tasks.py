@@ -51,16 +51,18 @@ def build_model(config: dict) -> FlowModel:
     couplings = config["couplings"]
     c = context_size(config)
     context = {} if c is None else {"context_shape": [c]}
+    activation = config.get("activation") or "relu"  # runs written before the option: relu
     if config["model"] == "nice":
         # Flattened pixels: background pixels vary by far less than a random shift moves them,
         # so NICE starts at the identity there (their data are not symmetric anyway). Runs
         # written before NICE was whitened have no "whiten" key and rebuild without it.
         return nice_flow([config["event_size"]], num_couplings=couplings, hidden_units=hidden,
                          zero_init=bool(config.get("flatten")),
-                         whiten=bool(config.get("whiten", False)), **context)
+                         whiten=bool(config.get("whiten", False)), activation=activation,
+                         **context)
     if config["model"] == "realnvp":
         return realnvp_flow([config["event_size"]], num_couplings=couplings,
-                            hidden_units=hidden, **context)
+                            hidden_units=hidden, activation=activation, **context)
     builder = get_builder(IMAGE_MODELS[config["model"]])
     if config["model"] == "realnvp-image":  # multi-scale, conv conditioners
         # Runs written before the blocks were scaled have no key and rebuild unscaled.
