@@ -204,6 +204,11 @@ def test_table_nll_is_reported_in_the_data_units(tmp_path, capsys):
     assert cli.main(["train", "--resume", str(tmp_path / "runs" / "a"), "--activation", "relu",
                      "--epochs", "2"]) == 1
     assert "cannot change --activation" in _error_line(capsys)
+    old = tmp_path / "runs" / "a" / "config.json"  # as written before the option: ReLU
+    old.write_text(json.dumps({k: v for k, v in config.items() if k != "activation"}))
+    assert cli.main(["train", "--resume", str(old.parent), "--activation", "relu", "--epochs",
+                     "2", "--quiet"]) == 0
+    assert json.loads(old.read_text())["activation"] == "relu"
 
 
 @needs_mnist

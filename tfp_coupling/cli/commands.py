@@ -19,6 +19,7 @@ from tfp_coupling.cli.context import new_context, parse_sample_context
 from tfp_coupling.cli.options import (
     RUN_SETTINGS,
     TABLE_DEFAULTS,
+    VECTOR_MODELS,
     CLIError,
     check_patience,
     fill_defaults,
@@ -81,6 +82,8 @@ def _resumed_run(args: argparse.Namespace, given: set[str]) -> tuple[RunFolder, 
         args.data_dir = str(Path(args.data_dir).resolve())
     if args.dataset.lower().endswith((".npy", ".csv")):
         args.dataset = str(Path(args.dataset).expanduser().resolve())
+    if config["model"] in VECTOR_MODELS:  # runs written before --activation trained ReLU
+        config.setdefault("activation", "relu")
     changed = [k for k in RUN_SETTINGS if k in given and k != "hidden"
                and config.get(k) != getattr(args, k)]
     if "hidden" in given and parse_hidden(args.hidden) != config["hidden_units"]:

@@ -55,8 +55,7 @@ ACTIVATIONS = ("relu", "tanh")
 WARMUP_EPOCHS = 5
 # Settings that define a run: --resume refuses to change them.
 RUN_SETTINGS = ("model", "dataset", "couplings", "hidden", "activation", "batch_size", "lr",
-                "schedule",
-                "clipnorm", "weight_decay", "seed", "data_dir", "mixed_precision")
+                "schedule", "clipnorm", "weight_decay", "seed", "data_dir", "mixed_precision")
 MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
 
 # Vector flows see flattened examples in model units.
