@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from harness import randomize_weights
+from test_bijectors import CountingConditioner
 
 import tfp_coupling as tc
 from tfp_coupling.composition import invertible_backprop
@@ -242,18 +243,6 @@ def test_ordinary_tfp_links_are_walked_between_rebuilt_runs():
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-10)
 
 
-class _Counting(keras.layers.Layer):
-    """Wraps a conditioner and counts its calls (eagerly)."""
-
-    def __init__(self, inner) -> None:
-        super().__init__(dtype="float64")
-        self.inner, self.calls = inner, 0
-
-    def call(self, x):
-        self.calls += 1
-        return self.inner(x)
-
-
 @pytest.mark.parametrize("num", [1, 3], ids=["lone coupling", "chain of 3"])
 def test_backward_pass_adds_one_conditioner_call_per_coupling(num: int):
     """Rebuilding a coupling's input and re-running it share one conditioner call, for a lone
@@ -261,9 +250,9 @@ def test_backward_pass_adds_one_conditioner_call_per_coupling(num: int):
     from tfp_coupling import masks, nets
 
     keras.utils.set_random_seed(0)
-    couplings = [tc.AffineCoupling(masks.half_mask(4, first=i % 2 == 0), _Counting(
-        nets.MLP([8], output_shape=[4], zero_init=False, dtype="float64")), dtype="float64")
-        for i in range(num)]
+    couplings = [tc.AffineCoupling(masks.half_mask(4, first=i % 2 == 0), CountingConditioner(
+        nets.MLP([8], output_shape=[4], zero_init=False, dtype="float64"), dtype="float64"),
+        dtype="float64") for i in range(num)]
     bijector = couplings[0] if num == 1 else tc.Chain(couplings)
     x = tf.constant(np.random.default_rng(0).normal(size=(5, 4)))
     variables = [v for c in couplings for v in c.trainable_variables]
