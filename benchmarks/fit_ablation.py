@@ -116,6 +116,9 @@ VARIANTS: dict[str, dict] = {
     # Fixed random reflections between couplings (each coupling's split in new coordinates; an
     # orthogonal map takes N(0, I) to itself, so the whitened start is still the Gaussian fit).
     "rotations": {**_NEW, "normalizing": True, "rotate": True},
+    # Learned linear mixing between couplings, starting at the identity: L then U (each a
+    # TriLAffine, U between two coordinate reversals), so the start is still the Gaussian fit.
+    "lu mixing": {**_NEW, "normalizing": True, "lu": True},
     # Extrapolation: a shift bounded by 5 tanh(t / 5), or tanh hidden units (s and t level off
     # away from the training rows instead of growing linearly as with ReLU).
     "shift clamp 5": {**_NEW, "normalizing": True, "shift_clamp": 5.0},
@@ -131,8 +134,16 @@ VARIANTS: dict[str, dict] = {
     # The default after FlowModel.fit began drawing a new batch order every epoch (Keras
     # repeated one order in every epoch of a seeded run): rows of runs made since.
     "default, fresh shuffle": {"builder": True},
+    # zuko's flow written with tfp-coupling, rerun since batches are reshuffled every epoch:
+    # how much of the gap to zuko is the training loop and how much the flow's choices.
+    "zuko-like, fresh shuffle": {"whiten": False, "clamp": 6.9, "form": "zuko",
+                                 "normalizing": True, "zero_out": False},
     # The training loop: Adam's epsilon as PyTorch's (the peer's) instead of Keras' 1e-7.
     "adam eps 1e-8": {"builder": True, "epsilon": 1e-8},
+    # Smooth hidden units that stay linear-ish like ReLU: one default for 2-D and tables?
+    "silu": {"builder": True, "activation": "silu"},
+    "elu": {"builder": True, "activation": "elu"},
+    "gelu": {"builder": True, "activation": "gelu"},
     # NICE (``tc.nice_flow``): its default 4 couplings against 8.
     "nice": {"builder": "nice", "couplings": 4},
     "nice 8": {"builder": "nice", "couplings": 8},
@@ -142,6 +153,10 @@ VARIANTS: dict[str, dict] = {
                              "activation": "tanh"},
     "nice 8, whiten, zero init": {"builder": "nice", "couplings": 8, "whiten": True,
                                   "zero_init": True},
+    # Symmetric data (rings): NICE leaves the Gaussian only after a long plateau; more and
+    # wider couplings, run with a longer --epochs.
+    "nice 16x256, whiten": {"builder": "nice", "couplings": 16, "hidden": (256, 256),
+                            "whiten": True},
 }
 
 
@@ -209,7 +224,8 @@ def build(variant: dict, dim: int) -> tc.FlowModel:
                             whiten=variant.get("whiten", False),
                             activation=variant.get("activation", "relu"))
     if variant.get("builder"):
-        return tc.realnvp_flow([dim], num_couplings=couplings, hidden_units=hidden)
+        return tc.realnvp_flow([dim], num_couplings=couplings, hidden_units=hidden,
+                               activation=variant.get("activation", "relu"))
     if variant.get("sigmoid"):
         cls = SigmoidScaleCoupling
     elif variant.get("form") == "zuko":
@@ -225,6 +241,10 @@ def build(variant: dict, dim: int) -> tc.FlowModel:
     for i, m in enumerate(tc.mask_sequence([dim], couplings, variant.get("mask"))):
         if variant.get("actnorm") and i > 0:
             steps.append(tc.ActNorm([dim], name=f"actnorm_{i}"))
+        if variant.get("lu") and i > 0:
+            reverse = tfp.bijectors.Permute(list(range(dim))[::-1])
+            steps += [tc.TriLAffine(dim, name=f"mix_l_{i}"), reverse,
+                      tc.TriLAffine(dim, name=f"mix_u_{i}"), reverse]
         if variant.get("rotate") and i > 0:
             # A random Householder reflection: orthogonal, log-det 0 known (XLA-compilable).
             v = np.random.default_rng(int(keras.random.randint((), 0, 2**30))).normal(size=dim)

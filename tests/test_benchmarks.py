@@ -117,7 +117,7 @@ def test_memory_benchmark_smoke():
     """One tiny flow in both modes: the XLA plans are read, and the table has both rows (the
     full run is `python benchmarks/memory.py`)."""
     mem = _load_benchmark("memory")
-    flow = dict(shape=(8, 8, 1), couplings=8, hidden=4, blocks=1, batch=4, seed=0,
+    flow = dict(shape=(8, 8, 1), couplings=4, hidden=4, blocks=1, batch=4, seed=0,
                 graph=False, modes=list(mem.MODES))
     result = mem.measure(flow, rounds=1, budget=0.0)
     assert set(result) == {"ordinary", "memory-saving"}
@@ -148,3 +148,17 @@ def test_memory_benchmark_train_and_vector_smoke():
     model = mem.build((16,), 4, 8, 1, 0)
     assert not model.invertible_backprop and len(model.bijector.bijectors) == 4
     assert np.isfinite(model.log_prob(mem.pixels((16,), 3, 0)).numpy()).all()
+
+
+def test_zuko_twin_starts_and_trains_like_zuko():
+    """zuko's RealNVP and its tfp-coupling twin: equal densities at zuko's initial weights, and
+    the same first epoch on the same batches (Keras' fit and Adam against PyTorch's)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("zuko")
+    twin = _load_benchmark("zuko_twin")
+    rec = twin.run("pinwheel", seed=0, epochs=1, n=512, batch_size=64)
+    assert rec["start"]["twin"] == pytest.approx(rec["start"]["zuko"], abs=1e-4)
+    assert rec["first_epoch"]["twin"] == pytest.approx(rec["first_epoch"]["zuko"], abs=1e-3)
+    assert rec["zuko"] < rec["start"]["zuko"] and rec["twin"] < rec["start"]["twin"]  # trained
+    row = twin.table([rec]).splitlines()[2]
+    assert row.startswith("| pinwheel | 1 |")
