@@ -123,6 +123,10 @@ VARIANTS: dict[str, dict] = {
     # away from the training rows instead of growing linearly as with ReLU).
     "shift clamp 5": {**_NEW, "normalizing": True, "shift_clamp": 5.0},
     "tanh": {**_NEW, "normalizing": True, "activation": "tanh"},
+    # Tables have D > 2, where a fixed half split never mixes coordinates within a half.
+    "tanh, lu mixing": {**_NEW, "normalizing": True, "activation": "tanh", "lu": True},
+    "tanh, alternating masks": {**_NEW, "normalizing": True, "activation": "tanh",
+                                "mask": "alternating"},
     # ReLU conditioners whose input is squashed first, c tanh(x / c): linear near the data,
     # constant far from it, so s and t level off for outlying rows.
     "input squash 4": {**_NEW, "normalizing": True, "squash": 4.0},
@@ -140,10 +144,9 @@ VARIANTS: dict[str, dict] = {
                                  "normalizing": True, "zero_out": False},
     # The training loop: Adam's epsilon as PyTorch's (the peer's) instead of Keras' 1e-7.
     "adam eps 1e-8": {"builder": True, "epsilon": 1e-8},
-    # Smooth hidden units that stay linear-ish like ReLU: one default for 2-D and tables?
+    # Smooth, unbounded hidden units: could one activation serve 2-D data and tables?
     "silu": {"builder": True, "activation": "silu"},
     "elu": {"builder": True, "activation": "elu"},
-    "gelu": {"builder": True, "activation": "gelu"},
     # NICE (``tc.nice_flow``): its default 4 couplings against 8.
     "nice": {"builder": "nice", "couplings": 4},
     "nice 8": {"builder": "nice", "couplings": 8},
