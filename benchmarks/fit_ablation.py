@@ -116,8 +116,9 @@ VARIANTS: dict[str, dict] = {
     # Fixed random reflections between couplings (each coupling's split in new coordinates; an
     # orthogonal map takes N(0, I) to itself, so the whitened start is still the Gaussian fit).
     "rotations": {**_NEW, "normalizing": True, "rotate": True},
-    # Learned linear mixing between couplings, starting at the identity: L then U (each a
-    # TriLAffine, U between two coordinate reversals), so the start is still the Gaussian fit.
+    # Learned linear mixing between couplings: L then U (each a TriLAffine, U between two
+    # coordinate reversals), set from already whitened data on the first fit: the identity, so
+    # the start is still the Gaussian fit.
     "lu mixing": {**_NEW, "normalizing": True, "lu": True},
     # Extrapolation: a shift bounded by 5 tanh(t / 5), or tanh hidden units (s and t level off
     # away from the training rows instead of growing linearly as with ReLU).
