@@ -52,7 +52,15 @@ _MIRRORED = textwrap.dedent("""
 
     one = train(tf.distribute.get_strategy())
     two = train(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
-    print(json.dumps(dict(start_nll=start_nll, one=one, two=two)))
+
+    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+        model = tc.realnvp_flow(event_shape=[2], num_couplings=2, hidden_units=[16])
+        try:
+            model.compile(optimizer="adam", jit_compile=True)
+            xla_error = None
+        except ValueError as error:
+            xla_error = str(error)
+    print(json.dumps(dict(start_nll=start_nll, one=one, two=two, xla_error=xla_error)))
 """)
 
 
@@ -64,10 +72,15 @@ def _run(code: str, timeout: float) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def test_mirrored_strategy_matches_one_device():
+@pytest.fixture(scope="module")
+def mirrored() -> dict:
+    return _run(_MIRRORED, timeout=300)
+
+
+def test_mirrored_strategy_matches_one_device(mirrored):
     import numpy as np
 
-    out = _run(_MIRRORED, timeout=300)
+    out = mirrored
     one, two = out["one"], out["two"]
     assert one["replicas"] == 1 and two["replicas"] == 2
     assert one["nll"] < out["start_nll"] - 0.05  # it trained
@@ -77,6 +90,12 @@ def test_mirrored_strategy_matches_one_device():
     assert two["eval_nll"] == pytest.approx(one["nll"], abs=1e-5)
     for a, b in zip(one["weights"], two["weights"], strict=True):
         np.testing.assert_allclose(np.array(b), np.array(a), atol=1e-5)
+
+
+def test_xla_over_several_cpu_devices_is_refused_at_compile(mirrored):
+    # TensorFlow fails such a step at its first batch with an error about resource devices.
+    assert "jit_compile=True" in mirrored["xla_error"]
+    assert "2 CPU devices" in mirrored["xla_error"]
 
 
 @pytest.mark.slow  # 40-55 s on 2 shared cores: three TF processes and a gRPC ring

@@ -325,12 +325,32 @@ class FlowModel(keras.Model):
         if invertible_backprop is not None:
             self.invertible_backprop = bool(invertible_backprop)
         super().compile(optimizer, *args, **kwargs)
+        self._check_xla_devices()
         if (kwargs.get("auto_scale_loss", True) and self.optimizer is not None
                 and not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
                 and any(layer.dtype_policy.compute_dtype == "float16"
                         for layer in self.flow_layers)):
             self.optimizer = keras.optimizers.LossScaleOptimizer(
                 self.optimizer, name="loss_scale_optimizer")
+
+    def _check_xla_devices(self) -> None:
+        """Refuses ``jit_compile=True`` under a strategy mirroring over several CPU devices.
+
+        TensorFlow cannot run such a step: each replica's variables live on their own logical
+        CPU, and the compiled step fails at the first batch with "Trying to access resource ...
+        located in device CPU:1" (plain Keras models too). Said here, before any training.
+        """
+        strategy = self.distribute_strategy
+        if self.jit_compile is not True or strategy.num_replicas_in_sync < 2:
+            return
+        devices = strategy.extended.worker_devices  # this worker's replicas
+        cpus = [d for d in devices if tf.DeviceSpec.from_string(d).device_type == "CPU"]
+        if len(devices) > 1 and len(cpus) == len(devices):
+            raise ValueError(
+                f"{self.name}: jit_compile=True cannot train under a tf.distribute strategy over "
+                f"{len(cpus)} CPU devices (TensorFlow's XLA step cannot reach the variables of "
+                f"the other replicas' devices); compile with jit_compile=False here, or mirror "
+                f"over GPUs")
 
     def compile_from_config(self, config: dict) -> None:
         """Recompiles a loaded model (``keras.models.load_model``), optimizer state included."""
