@@ -148,6 +148,10 @@ VARIANTS: dict[str, dict] = {
     # Smooth, unbounded hidden units: could one activation serve 2-D data and tables?
     "silu": {"builder": True, "activation": "silu"},
     "elu": {"builder": True, "activation": "elu"},
+    # tanh units whose first layer is drawn k times wider: with one input coordinate (2-D data)
+    # the default draw leaves most units near-linear over the data; k spreads their bends.
+    "tanh, first layer x3": {"builder": True, "activation": "tanh", "first_scale": 3.0},
+    "tanh, first layer x6": {"builder": True, "activation": "tanh", "first_scale": 6.0},
     # NICE (``tc.nice_flow``): its default 4 couplings against 8.
     "nice": {"builder": "nice", "couplings": 4},
     "nice 8": {"builder": "nice", "couplings": 8},
@@ -228,8 +232,9 @@ def build(variant: dict, dim: int) -> tc.FlowModel:
                             whiten=variant.get("whiten", False),
                             activation=variant.get("activation", "relu"))
     if variant.get("builder"):
-        return tc.realnvp_flow([dim], num_couplings=couplings, hidden_units=hidden,
-                               activation=variant.get("activation", "relu"))
+        return _scale_first_layers(variant, tc.realnvp_flow(
+            [dim], num_couplings=couplings, hidden_units=hidden,
+            activation=variant.get("activation", "relu")))
     if variant.get("sigmoid"):
         cls = SigmoidScaleCoupling
     elif variant.get("form") == "zuko":
@@ -275,6 +280,16 @@ def build(variant: dict, dim: int) -> tc.FlowModel:
                 limit = np.sqrt(6.0 / (fan_in + fan_out))
                 dense.kernel.assign(rng.uniform(-limit, limit, dense.kernel.shape))
                 dense.bias.assign(np.zeros(dense.bias.shape))
+    return model
+
+
+def _scale_first_layers(variant: dict, model: tc.FlowModel) -> tc.FlowModel:
+    """Multiplies every conditioner's first-layer weights and biases by ``first_scale``."""
+    for layer in model.flow_layers:
+        if "first_scale" in variant and isinstance(layer, tc.nets.MLP):
+            assert layer.hidden[0].weights, "the conditioners are built with the flow"
+            for w in layer.hidden[0].weights:
+                w.assign(w * variant["first_scale"])
     return model
 
 

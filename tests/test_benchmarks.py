@@ -103,6 +103,8 @@ def test_density_quality_smoke():
 
 
 def test_fit_ablation_variants_build_and_differ():
+    import keras
+
     ab = _load_benchmark("fit_ablation")
     x = np.random.default_rng(0).normal(size=(64, 2)).astype("float32")
     small = {"couplings": 2, "hidden": (8,)}
@@ -111,6 +113,14 @@ def test_fit_ablation_variants_build_and_differ():
     for name, variant in ab.VARIANTS.items():
         model = ab.build({**variant, **small}, 2)
         assert np.isfinite(model.log_prob(x).numpy()).all(), name
+    # The wider-first-layer rows scale what the builder drew, not nothing.
+    first = []
+    for variant in ({"builder": True, "activation": "tanh"}, ab.VARIANTS["tanh, first layer x3"]):
+        keras.utils.set_random_seed(0)
+        model = ab.build({**variant, **small}, 2)
+        first.append([w.numpy() for w in model.flow_layers[1].hidden[0].weights])
+    for plain, wide in zip(*first, strict=True):
+        np.testing.assert_allclose(wide, 3.0 * plain, rtol=1e-6)
 
 
 def test_memory_benchmark_smoke():
