@@ -150,6 +150,10 @@ VARIANTS: dict[str, dict] = {
     "elu": {"builder": True, "activation": "elu"},
     # tanh units whose first layer is drawn k times wider: with one input coordinate (2-D data)
     # the default draw leaves most units near-linear over the data; k spreads their bends.
+    # realnvp_flow(mixing="lu"): one LULinear (identity start) between every two couplings.
+    "mixing lu": {"builder": True, "mixing": "lu"},
+    "tanh, mixing lu": {"builder": True, "activation": "tanh", "mixing": "lu"},
+    "tanh, first layer x2": {"builder": True, "activation": "tanh", "first_scale": 2.0},
     "tanh, first layer x3": {"builder": True, "activation": "tanh", "first_scale": 3.0},
     "tanh, first layer x6": {"builder": True, "activation": "tanh", "first_scale": 6.0},
     # NICE (``tc.nice_flow``): its default 4 couplings against 8.
@@ -234,7 +238,7 @@ def build(variant: dict, dim: int) -> tc.FlowModel:
     if variant.get("builder"):
         return _scale_first_layers(variant, tc.realnvp_flow(
             [dim], num_couplings=couplings, hidden_units=hidden,
-            activation=variant.get("activation", "relu")))
+            activation=variant.get("activation", "relu"), mixing=variant.get("mixing")))
     if variant.get("sigmoid"):
         cls = SigmoidScaleCoupling
     elif variant.get("form") == "zuko":

@@ -106,6 +106,35 @@ def test_tril_affine_harness(size):
     check_bijector(bij, [size])
 
 
+@pytest.mark.parametrize("size", [1, 2, 7])
+def test_lu_linear_harness(size):
+    """Random L, U, diagonal and bias (not the identity start)."""
+    bij = tc.LULinear(size, dtype="float64")
+    rng = np.random.default_rng(size)
+    params = bij.params
+    params.lower.assign(rng.normal(scale=0.5, size=(size, size)))
+    params.upper.assign(rng.normal(scale=0.5, size=(size, size)))
+    params.log_diag.assign(rng.normal(scale=0.5, size=size))
+    params.bias.assign(rng.normal(size=size))
+    check_bijector(bij, [size])
+
+
+def test_lu_linear_starts_as_the_identity_and_is_its_factors():
+    bij = tc.LULinear(4, dtype="float64")
+    x = tf.random.stateless_normal([5, 4], [0, 1], dtype=tf.float64)
+    np.testing.assert_array_equal(bij.forward(x).numpy(), x.numpy())
+    rng = np.random.default_rng(0)
+    for v in (bij.params.lower, bij.params.upper, bij.params.log_diag, bij.params.bias):
+        v.assign(rng.normal(size=v.shape))
+    p = {k: getattr(bij.params, k).numpy() for k in ("lower", "upper", "log_diag", "bias")}
+    lower = np.tril(p["lower"], -1) + np.eye(4)
+    upper = np.triu(p["upper"], 1) + np.diag(np.exp(p["log_diag"]))
+    np.testing.assert_allclose(bij.forward(x).numpy(), x.numpy() @ (lower @ upper).T + p["bias"],
+                               rtol=1e-12)
+    np.testing.assert_allclose(bij.forward_log_det_jacobian(x, 1).numpy(),
+                               np.linalg.slogdet(lower @ upper)[1], rtol=1e-12)
+
+
 def test_tril_affine_initialises_to_the_data_gaussian():
     rng = np.random.default_rng(0)
     y = rng.normal(size=(4000, 3)) @ np.array([[1.0, 0, 0], [2.0, 0.5, 0], [-1, 1, 3]]) + 7.0

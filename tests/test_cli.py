@@ -211,6 +211,27 @@ def test_table_nll_is_reported_in_the_data_units(tmp_path, capsys):
     assert json.loads(old.read_text())["activation"] == "relu"
 
 
+def test_lu_mixing_run_is_recorded_rebuilt_and_kept_on_resume(tmp_path, capsys):
+    assert _train(tmp_path, "lu", "--mixing", "lu", "--epochs", "1") == 0
+    folder = tmp_path / "lu"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["mixing"] == "lu"
+
+    def mixings(config: dict) -> int:
+        return sum(isinstance(layer, tc.bijectors.LULinearParams)
+                   for layer in tasks.build_model(config).flow_layers)
+
+    assert mixings(config) == 1  # between the two couplings
+    assert mixings({k: v for k, v in config.items() if k != "mixing"}) == 0  # older runs
+    model = keras.models.load_model(folder / "model.keras", compile=False)
+    assert any(isinstance(layer, tc.bijectors.LULinearParams) for layer in model.flow_layers)
+    assert cli.main(["train", "--resume", str(folder), "--mixing", "none", "--epochs", "2"]) == 1
+    assert "cannot change --mixing" in _error_line(capsys)
+    assert cli.main(["train", "--resume", str(folder), "--mixing", "lu", "--epochs", "2",
+                     "--quiet"]) == 0
+    assert json.loads((folder / "metrics.json").read_text())["history"]["epoch"] == [1, 2]
+
+
 @needs_mnist
 def test_mnist_offline_run_reports_bits_per_dim(tmp_path, capsys):
     from tfp_coupling import data
@@ -252,6 +273,7 @@ def test_mnist_offline_run_reports_bits_per_dim(tmp_path, capsys):
     (["--model", "realnvp-image"], "needs an image dataset"),
     (["--model", "realnvp-image", "--activation", "tanh"], "realnvp-image has convolutional"),
     (["--model", "glow"], "unknown model 'glow'"),
+    (["--model", "nice", "--mixing", "lu"], "nice has no such option"),
 ])
 def test_bad_input_gives_one_line_and_no_run_folder(tmp_path, capsys, args, message):
     (tmp_path / "nan.csv").write_text("a,b\n" + "1,2\n" * 2 + "3,nan\n" + "4,5\n" * 20)

@@ -49,6 +49,37 @@ def test_flow_harness_other_masks(builder, event_shape, mask):
     check_flow(small_flow(builder, event_shape, mask=mask), batch_shapes=((3,),))
 
 
+@pytest.mark.parametrize("event_shape", [[2], [5]], ids=str)
+def test_flow_harness_lu_mixing(event_shape):
+    model = small_flow("realnvp", event_shape, num_couplings=3, mixing="lu")
+    kinds = [type(b).__name__ for b in model.bijector.bijectors]
+    assert kinds == ["TriLAffine", "AffineCoupling", "LULinear", "AffineCoupling", "LULinear",
+                     "AffineCoupling"]
+    check_flow(model, batch_shapes=((), (2, 3)))
+
+
+def test_lu_mixing_starts_as_the_flow_without_it_and_refuses_images():
+    """At its identity start the mixing changes nothing; moved, it changes the density."""
+    x = tc.data.two_moons(64, seed=0)
+    plain = tc.realnvp_flow([2], num_couplings=3, hidden_units=[8])
+    mixed = tc.realnvp_flow([2], num_couplings=3, hidden_units=[8], mixing="lu")
+    randomize_weights([layer for layer in plain.flow_layers if isinstance(layer, tc.nets.MLP)])
+    mixed_nets = [layer for layer in mixed.flow_layers if isinstance(layer, tc.nets.MLP)]
+    plain_nets = [layer for layer in plain.flow_layers if isinstance(layer, tc.nets.MLP)]
+    for mine, theirs in zip(mixed_nets, plain_nets, strict=True):
+        mine.set_weights(theirs.get_weights())
+    np.testing.assert_allclose(mixed.log_prob(x), plain.log_prob(x), rtol=1e-6)
+    mixing = [layer for layer in mixed.flow_layers
+              if isinstance(layer, tc.bijectors.LULinearParams)]
+    assert len(mixing) == 2
+    randomize_weights(mixing)
+    assert np.abs(mixed.log_prob(x) - plain.log_prob(x)).max() > 1e-2
+    with pytest.raises(ValueError, match="mixes vector events"):
+        tc.realnvp_flow([4, 4, 2], mixing="lu")
+    with pytest.raises(ValueError, match="mixing must be None or 'lu'"):
+        tc.realnvp_flow([2], mixing="LU")
+
+
 # ---------------------------------------------------------------------------------------------
 # Variables and gradients
 

@@ -46,6 +46,7 @@ FLOWS = {
     "realnvp_whitened": _vector("realnvp_flow", whiten=True),
     "nice_rescaled": _vector("nice_flow", rescale=True),
     "realnvp_conditional": _vector("realnvp_flow", context_shape=[2]),
+    "realnvp_lu_mixing": _vector("realnvp_flow", mixing="lu"),
     "realnvp_image_multiscale": _image,
 }
 

@@ -16,6 +16,8 @@ from tfp_coupling.callbacks import NonFiniteLossError
 BUILDERS = {
     "nice": lambda: tc.nice_flow(event_shape=[2], num_couplings=2, hidden_units=[16]),
     "realnvp": lambda: tc.realnvp_flow(event_shape=[2], num_couplings=2, hidden_units=[16]),
+    "realnvp_lu": lambda: tc.realnvp_flow(event_shape=[2], num_couplings=2, hidden_units=[16],
+                                          mixing="lu"),
 }
 
 

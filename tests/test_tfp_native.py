@@ -79,12 +79,13 @@ def test_flow_model_distribution_has_the_models_weights():
     lambda: tc.Rescaling([3]),
     lambda: tc.ActNorm([4, 4, 2]),
     lambda: tc.TriLAffine(3),
+    lambda: tc.LULinear(3),
     lambda: _couplings(4, 1)[0],
     lambda: _couplings(4, 1, tc.AdditiveCoupling)[0],
     lambda: tc.Squeeze([4, 4, 1]),
     lambda: tc.LogitPreprocessing([4]),
     lambda: tc.Chain(_couplings(4, 2)),
-], ids=["rescaling", "actnorm", "tril", "affine", "additive", "squeeze", "logit", "chain"])
+], ids=["rescaling", "actnorm", "tril", "lu", "affine", "additive", "squeeze", "logit", "chain"])
 def test_batch_shape_copy_and_equality(make):
     bij = make()
     assert bij.experimental_batch_shape() == tf.TensorShape([])

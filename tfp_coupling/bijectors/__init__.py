@@ -17,7 +17,7 @@ from tfp_coupling.bijectors.coupling import (
     TransformCoupling,
     rational_quadratic_spline,
 )
-from tfp_coupling.bijectors.linear import TriLAffine, TriLAffineParams
+from tfp_coupling.bijectors.linear import LULinear, LULinearParams, TriLAffine, TriLAffineParams
 from tfp_coupling.bijectors.logit import LogitPreprocessing
 from tfp_coupling.bijectors.rescaling import LogScale, Rescaling
 from tfp_coupling.bijectors.squeeze import Squeeze
@@ -32,6 +32,8 @@ __all__ = [
     "DataInitializedParams",
     "FlowBijector",
     "GraphMemoCache",
+    "LULinear",
+    "LULinearParams",
     "LogScale",
     "LogitPreprocessing",
     "Rescaling",

@@ -24,6 +24,7 @@ from tfp_coupling.cli.options import (
     check_patience,
     fill_defaults,
     is_image_model,
+    mixing_setting,
     new_config,
     parse_hidden,
 )
@@ -84,6 +85,7 @@ def _resumed_run(args: argparse.Namespace, given: set[str]) -> tuple[RunFolder, 
         args.dataset = str(Path(args.dataset).expanduser().resolve())
     if config["model"] in VECTOR_MODELS:  # runs written before --activation trained ReLU
         config.setdefault("activation", "relu")
+    args.mixing = mixing_setting(args.mixing)  # "none" is recorded as None
     changed = [k for k in RUN_SETTINGS if k in given and k != "hidden"
                and config.get(k) != getattr(args, k)]
     if "hidden" in given and parse_hidden(args.hidden) != config["hidden_units"]:

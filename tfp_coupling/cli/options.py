@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "jit": False,
     "invertible_backprop": False,  # memory-saving gradients; a training mode, not the model
     "activation": None,  # the vector conditioners' hidden units: relu, or tanh on tables
+    "mixing": None,  # realnvp: "lu" puts a learned linear map between every two couplings
     "context_columns": None,  # a table's columns as the context c of p(x | c)
     "conditional": False,  # images: the one-hot class label as the context
 }
@@ -54,8 +55,10 @@ ACTIVATIONS = ("relu", "tanh")
 # at full rate from the first step a new flow's first epochs are its least stable.
 WARMUP_EPOCHS = 5
 # Settings that define a run: --resume refuses to change them.
-RUN_SETTINGS = ("model", "dataset", "couplings", "hidden", "activation", "batch_size", "lr",
-                "schedule", "clipnorm", "weight_decay", "seed", "data_dir", "mixed_precision")
+RUN_SETTINGS = ("model", "dataset", "couplings", "hidden", "activation", "mixing", "batch_size",
+                "lr", "schedule", "clipnorm", "weight_decay", "seed", "data_dir",
+                "mixed_precision")
+MIXINGS = ("none", "lu")
 MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
 
 # Vector flows see flattened examples in model units.
@@ -122,6 +125,9 @@ def new_config(args: argparse.Namespace) -> dict:
     if args.activation is not None and args.model in IMAGE_MODELS:
         raise CLIError(f"--activation sets the MLP conditioners of realnvp and nice; "
                        f"{args.model} has convolutional ones")
+    if args.mixing == "lu" and args.model != "realnvp":
+        raise CLIError(f"--mixing lu mixes the coordinates between realnvp's couplings; "
+                       f"{args.model} has no such option")
     check_patience(args.patience)
     hidden = parse_hidden(args.hidden)
     return {
@@ -143,8 +149,14 @@ def new_config(args: argparse.Namespace) -> dict:
         "jit": bool(args.jit),
         "invertible_backprop": bool(args.invertible_backprop),
         "activation": None if args.model in IMAGE_MODELS else args.activation or "relu",
+        "mixing": mixing_setting(args.mixing),
         "mixed_precision": args.mixed_precision,
         # Keras' version from its package metadata: importing Keras imports TensorFlow.
         "versions": {"tfp_coupling": __version__,
                      "keras": importlib.metadata.version("keras")},
     }
+
+
+def mixing_setting(flag: str | None) -> str | None:
+    """``--mixing`` as a run records it: ``"lu"``, or None for none (and for runs before it)."""
+    return None if flag in (None, "none") else flag

@@ -12,6 +12,7 @@ from tfp_coupling.cli.options import (
     DEFAULT_HIDDEN,
     DEFAULTS,
     MIXED_POLICIES,
+    MIXINGS,
     VECTOR_MODELS,
 )
 from tfp_coupling.data import DATASETS
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--activation", choices=ACTIVATIONS,
                    help="hidden units of the realnvp/nice conditioners (default relu; tables "
                         "tanh)")
+    t.add_argument("--mixing", choices=MIXINGS,
+                   help="realnvp: 'lu' puts a learned invertible linear map (LULinear, identity "
+                        "at the start) between every two couplings (default none)")
     t.add_argument("--epochs", type=int, help="epochs (default 100; image models 40)")
     t.add_argument("--batch-size", type=int, help=f"batch size (default "
                                                   f"{DEFAULTS['batch_size']})")

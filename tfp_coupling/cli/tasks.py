@@ -62,7 +62,8 @@ def build_model(config: dict) -> FlowModel:
                          **context)
     if config["model"] == "realnvp":
         return realnvp_flow([config["event_size"]], num_couplings=couplings,
-                            hidden_units=hidden, activation=activation, **context)
+                            hidden_units=hidden, activation=activation,
+                            mixing=config.get("mixing"), **context)
     builder = get_builder(IMAGE_MODELS[config["model"]])
     if config["model"] == "realnvp-image":  # multi-scale, conv conditioners
         # Runs written before the blocks were scaled have no key and rebuild unscaled.
