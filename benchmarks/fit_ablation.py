@@ -152,6 +152,8 @@ VARIANTS: dict[str, dict] = {
     # the default draw leaves most units near-linear over the data; k spreads their bends.
     # realnvp_flow(mixing="lu"): one LULinear (identity start) between every two couplings.
     "mixing lu": {"builder": True, "mixing": "lu"},
+    # realnvp_flow(shift_clamp=5): t = 5 tanh(t_raw / 5), latent units.
+    "default, shift clamp 5": {"builder": True, "shift_clamp": 5.0},
     "tanh, mixing lu": {"builder": True, "activation": "tanh", "mixing": "lu"},
     "tanh, first layer x2": {"builder": True, "activation": "tanh", "first_scale": 2.0},
     "tanh, first layer x3": {"builder": True, "activation": "tanh", "first_scale": 3.0},
@@ -238,7 +240,8 @@ def build(variant: dict, dim: int) -> tc.FlowModel:
     if variant.get("builder"):
         return _scale_first_layers(variant, tc.realnvp_flow(
             [dim], num_couplings=couplings, hidden_units=hidden,
-            activation=variant.get("activation", "relu"), mixing=variant.get("mixing")))
+            activation=variant.get("activation", "relu"), mixing=variant.get("mixing"),
+            shift_clamp=variant.get("shift_clamp")))
     if variant.get("sigmoid"):
         cls = SigmoidScaleCoupling
     elif variant.get("form") == "zuko":

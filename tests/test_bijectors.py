@@ -89,6 +89,22 @@ def test_normalizing_affine_coupling_harness(mask):
                                plain.inverse_log_det_jacobian(x, len(event)), atol=1e-12)
 
 
+@pytest.mark.parametrize("normalizing", [False, True])
+def test_shift_clamped_affine_coupling_harness(normalizing):
+    """``t = k tanh(t_raw / k)``: inside the bound ~ t_raw, far outside it never beyond ``k``."""
+    mask = masks.half_mask(5)
+    bij = make_coupling(tc.AffineCoupling, mask, normalizing=normalizing, shift_clamp=0.5)
+    check_bijector(bij, [5])
+    free = tc.AffineCoupling(mask, bij.conditioner, normalizing=normalizing, dtype=tf.float64)
+    x = np.random.default_rng(0).normal(size=[64, 5])
+    # A kept half far from the data: the free shift follows the conditioner, the clamped one not.
+    far = np.concatenate([x[:, :2] * 1e3, np.zeros([64, 3])], axis=1)
+    clamped, unclamped = (np.abs(b.forward(far).numpy()[:, 2:]).max() for b in (bij, free))
+    assert unclamped > 10.0 and clamped <= 0.5 * np.exp(5.0) + 1e-9  # |t| < k, scale < e^c
+    with pytest.raises(ValueError, match="shift_clamp must be positive"):
+        tc.AffineCoupling(mask, bij.conditioner, shift_clamp=0.0)
+
+
 @pytest.mark.parametrize("event_shape", [[5], [4, 4, 2]])
 def test_rescaling_harness(event_shape):
     check_bijector(make_rescaling(event_shape), event_shape)

@@ -316,12 +316,15 @@ class AffineCoupling(Coupling):
     Maths::
 
         s = c * tanh(s_raw(x_a) / c)        (smooth clamp, |s| < c; s_raw if c is None)
+        t = k * tanh(t_raw(x_a) / k)        (only with shift_clamp=k; else t = t_raw)
         y_a = x_a                           x_a = y_a
         y_b = x_b * exp(s) + t(x_a)         x_b = (y_b - t(y_a)) * exp(-s)
         log|det J| = sum(s)
 
     The soft clamp keeps the scale ``exp(s)`` in ``(exp(-c), exp(c))``: never 0, never inf, even
-    for a diverging conditioner, while its slope 1 at 0 leaves small log-scales untouched.
+    for a diverging conditioner, while its slope 1 at 0 leaves small log-scales untouched. The
+    optional shift clamp bounds ``t`` the same way: a ReLU conditioner grows linearly away from
+    its training data, and an unbounded shift carries that growth into the output.
 
     With ``normalizing=True`` the affine map is written in the data -> latent direction, as in
     the RealNVP paper and zuko (``forward`` maps latent to data, so it is the inverse map)::
@@ -339,6 +342,7 @@ class AffineCoupling(Coupling):
         shift_and_log_scale_fn: conditioner returning ``[N, ..., 2 * b]`` (shift first, then raw
             log-scale, split along the last axis) or a pair ``(shift, log_scale)``.
         log_scale_clamp: ``c`` above (default 5.0); ``None`` disables the clamp.
+        shift_clamp: ``k`` above (default ``None``: the shift is not bounded).
         normalizing: write the map in the data -> latent direction (above).
         context_shape: ``[c]`` for a conditional coupling (see :class:`Coupling`).
         dtype: float dtype of the flow.
@@ -367,15 +371,18 @@ class AffineCoupling(Coupling):
         shift_and_log_scale_fn: Conditioner,
         *,
         log_scale_clamp: float | None = 5.0,
+        shift_clamp: float | None = None,
         normalizing: bool = False,
         context_shape: Sequence[int] | None = None,
         dtype: tf.DType | str = tf.float32,
         validate_args: bool = False,
         name: str = "affine_coupling",
     ) -> None:
-        if log_scale_clamp is not None and not log_scale_clamp > 0:
-            raise ValueError(f"log_scale_clamp must be positive or None, got {log_scale_clamp}")
+        for what, clamp in (("log_scale_clamp", log_scale_clamp), ("shift_clamp", shift_clamp)):
+            if clamp is not None and not clamp > 0:
+                raise ValueError(f"{what} must be positive or None, got {clamp}")
         self.log_scale_clamp = log_scale_clamp
+        self.shift_clamp = shift_clamp
         self.normalizing = bool(normalizing)
         super().__init__(
             mask, shift_and_log_scale_fn, context_shape=context_shape, dtype=dtype,
@@ -388,6 +395,9 @@ class AffineCoupling(Coupling):
         c = self.log_scale_clamp
         if c is not None:
             log_scale = tf.tanh(log_scale * (1.0 / c)) * c  # a multiply is cheaper than a divide
+        k = self.shift_clamp
+        if k is not None:
+            shift = tf.tanh(shift * (1.0 / k)) * k
         return [shift, log_scale]
 
     def _transform(self, x_b, params):

@@ -150,6 +150,7 @@ def realnvp_flow(
     hidden_units: Sequence[int] = (64, 64),
     mask: str | None = None,
     log_scale_clamp: float | None = 2.0,
+    shift_clamp: float | None = None,
     activation: str = "relu",
     whiten: bool = True,
     normalizing: bool = True,
@@ -198,7 +199,8 @@ def realnvp_flow(
     name = name or "realnvp"
     steps = _whitening(event_shape, whiten, dtype, name) + _coupling_stack(
         AffineCoupling, event_shape, num_couplings, hidden_units, mask, activation, dtype, name,
-        log_scale_clamp=log_scale_clamp, normalizing=normalizing, mixing=mixing,
+        log_scale_clamp=log_scale_clamp, shift_clamp=shift_clamp, normalizing=normalizing,
+        mixing=mixing,
         context_shape=context_shape)
     return FlowModel(Chain(steps, name=name), event_shape, flow_dtype=dtype,
                      flow_config=config, context_shape=context_shape, name=name)
