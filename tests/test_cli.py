@@ -51,6 +51,18 @@ def test_train_writes_a_complete_run_folder(run):
     assert metrics["complete"] and metrics["config"] == config
     assert config["model"] == "realnvp" and config["dataset"] == "two_moons"
     assert config["couplings"] == 2 and config["hidden_units"] == [16]
+    # The run records realnvp_flow's bound on the shift; runs written before rebuild unbounded.
+    import inspect
+
+    assert config["shift_clamp"] == inspect.signature(tc.realnvp_flow).parameters[
+        "shift_clamp"].default == 5.0
+
+    def shift_clamps(config: dict) -> set:
+        return {b.shift_clamp for b in tasks.build_model(config).bijector.bijectors
+                if isinstance(b, tc.AffineCoupling)}
+
+    assert shift_clamps(config) == {5.0}
+    assert shift_clamps({k: v for k, v in config.items() if k != "shift_clamp"}) == {None}
     assert metrics["history"]["epoch"] == [1, 2]
     for key in ("train_nll", "val_nll", "time_s"):
         assert len(metrics["history"][key]) == 2 and all(map(math.isfinite,

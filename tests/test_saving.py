@@ -125,6 +125,21 @@ def test_keras_files_written_by_version_0_1_0_still_load(name):
                    for layer in model.flow_layers)
 
 
+def test_realnvp_saved_before_the_shift_bound_rebuilds_unbounded():
+    """A config without ``shift_clamp`` was written when the shift was not bounded."""
+    model = tc.realnvp_flow([2], num_couplings=2, hidden_units=[8])
+    config = model.get_config()
+
+    def shift_clamps(config: dict) -> set:
+        return {b.shift_clamp for b in tc.FlowModel.from_config(config).bijector.bijectors
+                if isinstance(b, tc.AffineCoupling)}
+
+    assert shift_clamps(config) == {5.0}
+    old = {**config, "flow_config": {k: v for k, v in config["flow_config"].items()
+                                     if k != "shift_clamp"}}
+    assert shift_clamps(old) == {None}
+
+
 MAIN_4F3303E = Path(__file__).parent / "data" / "main_4f3303e"
 
 

@@ -378,16 +378,17 @@ class AffineCoupling(Coupling):
         validate_args: bool = False,
         name: str = "affine_coupling",
     ) -> None:
-        for what, clamp in (("log_scale_clamp", log_scale_clamp), ("shift_clamp", shift_clamp)):
-            if clamp is not None and not clamp > 0:
-                raise ValueError(f"{what} must be positive or None, got {clamp}")
+        parameters = dict(locals())
+        for what in ("log_scale_clamp", "shift_clamp"):
+            if parameters[what] is not None and not parameters[what] > 0:
+                raise ValueError(f"{what} must be positive or None, got {parameters[what]}")
         self.log_scale_clamp = log_scale_clamp
         self.shift_clamp = shift_clamp
         self.normalizing = bool(normalizing)
         super().__init__(
             mask, shift_and_log_scale_fn, context_shape=context_shape, dtype=dtype,
             is_constant_jacobian=False,
-            validate_args=validate_args, parameters=dict(locals()), name=name,
+            validate_args=validate_args, parameters=parameters, name=name,
         )
 
     def _constrain(self, params):

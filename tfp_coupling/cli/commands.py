@@ -17,6 +17,7 @@ from pathlib import Path
 from tfp_coupling import data
 from tfp_coupling.cli.context import new_context, parse_sample_context
 from tfp_coupling.cli.options import (
+    REALNVP_SHIFT_CLAMP,
     RUN_SETTINGS,
     TABLE_DEFAULTS,
     VECTOR_MODELS,
@@ -142,6 +143,8 @@ def _new_run(args: argparse.Namespace, given: set[str]) -> tuple[RunFolder, dict
         config["whiten"] = not config.get("flatten", False)
     if args.model == "realnvp-image":  # variance-preserving residual blocks (nets.ResNet)
         config["scale_residuals"] = True
+    if args.model == "realnvp":  # recorded, so that the run rebuilds with the same bound
+        config["shift_clamp"] = REALNVP_SHIFT_CLAMP
     if info.kind != "image" and image_model:
         raise CLIError(f"--model {args.model} needs an image dataset; {args.dataset!r} "
                        f"holds vectors of shape {list(info.event_shape)}")

@@ -51,6 +51,8 @@ DEFAULT_EPOCHS = {"nice": 100, "realnvp": 100, "nice-image": 40, "realnvp-image"
 # on 8,000-point 2-D data ReLU fits better (RealNVP, two moons: by 0.06).
 TABLE_DEFAULTS = {"lr": 1e-4, "batch_size": 64, "epochs": 300, "activation": "tanh"}
 ACTIVATIONS = ("relu", "tanh")
+# realnvp_flow's default bound on the shift (written here so that parsing needs no TensorFlow).
+REALNVP_SHIFT_CLAMP = 5.0
 # The learning rate rises linearly over the first WARMUP_EPOCHS (at most a tenth of the run):
 # at full rate from the first step a new flow's first epochs are its least stable.
 WARMUP_EPOCHS = 5
