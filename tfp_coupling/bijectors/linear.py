@@ -58,7 +58,47 @@ class TriLAffineParams(DataInitializedParams):
         return {**super().get_config(), "size": self.size}
 
 
-class TriLAffine(FlowBijector):
+class _VectorLinearMap(FlowBijector):
+    """What :class:`TriLAffine` and :class:`LULinear` share: weights in one Keras layer of
+    ``params_class``, a vector event ``[D]``, a constant log-det ``sum(log_diag)`` and an
+    inverse by triangular solves."""
+
+    params_class: type[keras.layers.Layer]
+
+    def __init__(self, size: int, params, dtype, validate_args: bool, name: str,
+                 parameters: dict) -> None:
+        size = int(size)
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        if params is None:
+            params = self.params_class(size, dtype=tf.as_dtype(dtype).name,
+                                       name=f"{name}_params")
+        elif params.size != size:
+            raise ValueError(f"params are for size {params.size}, not {size}")
+        self.params = params
+        # copy(), == and parameters then refer to these weights, not to fresh ones.
+        parameters["params"] = params
+        super().__init__(
+            event_shape=[size], dtype=dtype, is_constant_jacobian=True,
+            validate_args=validate_args, parameters=parameters, name=name,
+        )
+
+    @property
+    def keras_layers(self) -> list:
+        return [self.params]
+
+    def _log_det(self, x: tf.Tensor, log_diag: tf.Tensor) -> tf.Tensor:
+        return tf.fill(tf.shape(x)[:-1], tf.reduce_sum(log_diag))
+
+    def _solve(self, y: tf.Tensor, *triangles: tuple[tf.Tensor, bool]) -> tf.Tensor:
+        """``T_k^{-1} ... T_1^{-1} y`` for ``(T, lower)`` pairs, over any batch shape."""
+        cols = tf.transpose(tf.reshape(y, [-1, self._event_shape[0]]))
+        for matrix, lower in triangles:
+            cols = tf.linalg.triangular_solve(matrix, cols, lower=lower)
+        return tf.reshape(tf.transpose(cols), tf.shape(y))
+
+
+class TriLAffine(_VectorLinearMap):
     """A learned affine map ``y = L x + b`` with ``L`` lower-triangular, diagonal positive.
 
     Maths (``L = tril(lower, -1) + diag(exp(log_diag))``)::
@@ -92,6 +132,8 @@ class TriLAffine(FlowBijector):
         True
     """
 
+    params_class = TriLAffineParams
+
     def __init__(
         self,
         size: int,
@@ -101,25 +143,7 @@ class TriLAffine(FlowBijector):
         validate_args: bool = False,
         name: str = "tril_affine",
     ) -> None:
-        parameters = dict(locals())
-        size = int(size)
-        if size < 1:
-            raise ValueError(f"size must be >= 1, got {size}")
-        if params is None:
-            params = TriLAffineParams(size, dtype=tf.as_dtype(dtype).name, name=f"{name}_params")
-        elif params.size != size:
-            raise ValueError(f"params are for size {params.size}, not {size}")
-        self.params = params
-        # copy(), == and parameters then refer to these weights, not to fresh ones.
-        parameters["params"] = params
-        super().__init__(
-            event_shape=[size], dtype=dtype, is_constant_jacobian=True,
-            validate_args=validate_args, parameters=parameters, name=name,
-        )
-
-    @property
-    def keras_layers(self) -> list:
-        return [self.params]
+        super().__init__(size, params, dtype, validate_args, name, dict(locals()))
 
     def _matrix(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         dt = self._flow_dtype
@@ -128,9 +152,6 @@ class TriLAffine(FlowBijector):
         lower = tf.linalg.set_diag(lower, tf.exp(log_diag))
         return lower, log_diag, tf.cast(self.params.bias, dt)
 
-    def _log_det(self, x: tf.Tensor, log_diag: tf.Tensor) -> tf.Tensor:
-        return tf.fill(tf.shape(x)[:-1], tf.reduce_sum(log_diag))
-
     def _forward_and_log_det(self, x):
         lower, log_diag, bias = self._matrix()
         return tf.linalg.matvec(lower, x) + bias, self._log_det(x, log_diag)
@@ -138,10 +159,7 @@ class TriLAffine(FlowBijector):
     def _inverse_and_log_det(self, y):
         self.params.initialize_if_pending(y)
         lower, log_diag, bias = self._matrix()
-        shape = tf.shape(y)
-        rows = tf.reshape(y - bias, [-1, self._event_shape[0]])
-        x = tf.transpose(tf.linalg.triangular_solve(lower, tf.transpose(rows), lower=True))
-        return tf.reshape(x, shape), -self._log_det(y, log_diag)
+        return self._solve(y - bias, (lower, True)), -self._log_det(y, log_diag)
 
 
 @keras.saving.register_keras_serializable(package="tfp_coupling")
@@ -167,7 +185,7 @@ class LULinearParams(keras.layers.Layer):
         return {**super().get_config(), "size": self.size}
 
 
-class LULinear(FlowBijector):
+class LULinear(_VectorLinearMap):
     """A learned invertible linear map ``y = L U x + b``, written as its LU factors.
 
     Maths (``L`` unit lower-triangular, ``U`` upper-triangular with diagonal
@@ -199,6 +217,8 @@ class LULinear(FlowBijector):
         (array([[6., 5., 3.]]), array([[1., 2., 3.]]))
     """
 
+    params_class = LULinearParams
+
     def __init__(
         self,
         size: int,
@@ -208,25 +228,7 @@ class LULinear(FlowBijector):
         validate_args: bool = False,
         name: str = "lu_linear",
     ) -> None:
-        parameters = dict(locals())
-        size = int(size)
-        if size < 1:
-            raise ValueError(f"size must be >= 1, got {size}")
-        if params is None:
-            params = LULinearParams(size, dtype=tf.as_dtype(dtype).name, name=f"{name}_params")
-        elif params.size != size:
-            raise ValueError(f"params are for size {params.size}, not {size}")
-        self.params = params
-        # copy(), == and parameters then refer to these weights, not to fresh ones.
-        parameters["params"] = params
-        super().__init__(
-            event_shape=[size], dtype=dtype, is_constant_jacobian=True,
-            validate_args=validate_args, parameters=parameters, name=name,
-        )
-
-    @property
-    def keras_layers(self) -> list:
-        return [self.params]
+        super().__init__(size, params, dtype, validate_args, name, dict(locals()))
 
     def _factors(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
         dt = self._flow_dtype
@@ -238,9 +240,6 @@ class LULinear(FlowBijector):
                                    tf.exp(log_diag))
         return lower, upper, log_diag, tf.cast(self.params.bias, dt)
 
-    def _log_det(self, x: tf.Tensor, log_diag: tf.Tensor) -> tf.Tensor:
-        return tf.fill(tf.shape(x)[:-1], tf.reduce_sum(log_diag))
-
     def _forward_and_log_det(self, x):
         lower, upper, log_diag, bias = self._factors()
         y = tf.linalg.matvec(lower, tf.linalg.matvec(upper, x)) + bias
@@ -248,8 +247,5 @@ class LULinear(FlowBijector):
 
     def _inverse_and_log_det(self, y):
         lower, upper, log_diag, bias = self._factors()
-        shape = tf.shape(y)
-        cols = tf.transpose(tf.reshape(y - bias, [-1, self._event_shape[0]]))
-        h = tf.linalg.triangular_solve(lower, cols, lower=True)
-        x = tf.transpose(tf.linalg.triangular_solve(upper, h, lower=False))
-        return tf.reshape(x, shape), -self._log_det(y, log_diag)
+        x = self._solve(y - bias, (lower, True), (upper, False))
+        return x, -self._log_det(y, log_diag)
