@@ -148,13 +148,13 @@ VARIANTS: dict[str, dict] = {
     # Smooth, unbounded hidden units: could one activation serve 2-D data and tables?
     "silu": {"builder": True, "activation": "silu"},
     "elu": {"builder": True, "activation": "elu"},
-    # tanh units whose first layer is drawn k times wider: with one input coordinate (2-D data)
-    # the default draw leaves most units near-linear over the data; k spreads their bends.
     # realnvp_flow(mixing="lu"): one LULinear (identity start) between every two couplings.
     "mixing lu": {"builder": True, "mixing": "lu"},
-    # realnvp_flow(shift_clamp=5): t = 5 tanh(t_raw / 5), latent units.
-    "default, shift clamp 5": {"builder": True, "shift_clamp": 5.0},
     "tanh, mixing lu": {"builder": True, "activation": "tanh", "mixing": "lu"},
+    # realnvp_flow(shift_clamp=5): t = 5 tanh(t_raw / 5), latent units (the default since).
+    "default, shift clamp 5": {"builder": True, "shift_clamp": 5.0},
+    # tanh units whose first layer is drawn k times wider: with one input coordinate (2-D data)
+    # the default draw leaves most units near-linear over the data; k spreads their bends.
     "tanh, first layer x2": {"builder": True, "activation": "tanh", "first_scale": 2.0},
     "tanh, first layer x3": {"builder": True, "activation": "tanh", "first_scale": 3.0},
     "tanh, first layer x6": {"builder": True, "activation": "tanh", "first_scale": 6.0},
@@ -282,8 +282,10 @@ def build(variant: dict, dim: int) -> tc.FlowModel:
 
 def _scale_first_layers(variant: dict, model: tc.FlowModel) -> tc.FlowModel:
     """Multiplies every conditioner's first-layer weights and biases by ``first_scale``."""
+    if "first_scale" not in variant:
+        return model
     for layer in model.flow_layers:
-        if "first_scale" in variant and isinstance(layer, tc.nets.MLP):
+        if isinstance(layer, tc.nets.MLP):
             assert layer.hidden[0].weights, "the conditioners are built with the flow"
             for w in layer.hidden[0].weights:
                 w.assign(w * variant["first_scale"])
