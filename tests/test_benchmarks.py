@@ -102,6 +102,28 @@ def test_density_quality_smoke():
     assert lines[3].startswith("| spike (max epoch ratio) |")
 
 
+def test_density_quality_tanh_column_on_tables_only(monkeypatch):
+    """The tables' tanh contender trains on tables and leaves the 2-D rows empty ("-")."""
+    dq = _load_benchmark("density_quality")
+    rng = np.random.default_rng(0)
+
+    def fake_table(name, seed):
+        x = rng.normal(size=(96, 4)).astype("float32") @ np.triu(np.ones((4, 4), "float32"))
+        x = (x - x[:64].mean(0)) / x[:64].std(0)
+        return dq.Split(x[:64], x[64:80], x[80:], correction=0.0)
+
+    monkeypatch.setattr(dq, "table_split", fake_table)
+    budget = dq.Budget(epochs=2, batch_size=32, lr=1e-3)
+    table = dq.run(["two_moons"], ["wine"], seeds=1, toy_budget=budget, table_budget=budget,
+                   with_peer=False, toy_n=256, log=lambda *_: None)
+    lines = table.splitlines()
+    assert lines[0] == "| data | true | gaussian | nice | realnvp | realnvp tanh |"
+    toy = [c.strip() for c in lines[2].split("|")[1:-1]]
+    wine = [c.strip() for c in lines[3].split("|")[1:-1]]
+    assert toy[0] == "two_moons" and toy[-1] == "-"
+    assert wine[0] == "wine" and wine[1] == "-" and np.isfinite(float(wine[-1]))
+
+
 def test_fit_ablation_variants_build_and_differ():
     import keras
 
