@@ -143,6 +143,13 @@ def test_fit_ablation_variants_build_and_differ():
         first.append([w.numpy() for w in model.flow_layers[1].hidden[0].weights])
     for plain, wide in zip(*first, strict=True):
         np.testing.assert_allclose(wide, 3.0 * plain, rtol=1e-6)
+    # "relu, then tanh" computes its second hidden layer with tanh, its first with ReLU.
+    two = {"couplings": 2, "hidden": (8, 8)}
+    model = ab.build({**ab.VARIANTS["relu, then tanh"], **two}, 2)
+    net = model.flow_layers[1]
+    a = net.hidden[1](net.hidden[0](x[:, :1])).numpy()
+    assert a.min() < 0 and np.abs(a).max() < 1  # tanh: signed and bounded; ReLU would be >= 0
+    assert net.hidden[0](x[:, :1]).numpy().min() == 0.0
 
 
 def test_memory_benchmark_smoke():
