@@ -38,6 +38,8 @@ Second ablation: ``default`` is ``tc.realnvp_flow`` itself (whitened by a data-i
   default is 1e-7), to separate the training loop from the flow in the comparison with zuko.
 * ``relu, then tanh``: the default (shift bounded) with tanh in every conditioner hidden layer
   after the first: ReLU's kinks for sharp 2-D densities, bounded units for small tables?
+* ``random shift start``: the default with the shift columns of the conditioners' output
+  layers drawn at random (the log-scale columns stay 0): a random start of constant volume.
 * ``nice``, ``nice 8``: ``tc.nice_flow`` with 4 and 8 (its default) couplings; the runs record
   the test NLL of the initialised flow as ``start``. ``, zero init`` and ``, whiten`` set
   ``nice_flow``'s ``zero_init`` and ``whiten``.
@@ -162,6 +164,8 @@ VARIANTS: dict[str, dict] = {
     "tanh, first layer x6": {"builder": True, "activation": "tanh", "first_scale": 6.0},
     # ReLU kinks in the first hidden layer, bounded tanh units in the second: tables or 2-D?
     "relu, then tanh": {"builder": True, "shift_clamp": 5.0, "later_activation": "tanh"},
+    # Random start of the shifts only: the log-scales start at 0, so the start keeps the volume.
+    "random shift start": {"builder": True, "shift_clamp": 5.0, "random_shift": True},
     # NICE (``tc.nice_flow``): its default 4 couplings against 8.
     "nice": {"builder": "nice", "couplings": 4},
     "nice 8": {"builder": "nice", "couplings": 8},
@@ -234,10 +238,13 @@ def build(variant: dict, dim: int) -> tc.FlowModel:
     if variant.get("builder"):
         # A row without "shift_clamp" builds the unbounded shift it was recorded with (the
         # default before realnvp_flow bounded it), so that its runs repeat.
-        return _later_activation(variant, _scale_first_layers(variant, tc.realnvp_flow(
+        model = tc.realnvp_flow(
             [dim], num_couplings=couplings, hidden_units=hidden,
             activation=variant.get("activation", "relu"), mixing=variant.get("mixing"),
-            shift_clamp=variant.get("shift_clamp"))))
+            shift_clamp=variant.get("shift_clamp"))
+        for adjust in (_scale_first_layers, _later_activation, _random_shift):
+            model = adjust(variant, model)  # each returns the model unchanged if not asked for
+        return model
     if variant.get("sigmoid"):
         cls = SigmoidScaleCoupling
     elif variant.get("form") == "zuko":
@@ -305,6 +312,25 @@ def _later_activation(variant: dict, model: tc.FlowModel) -> tc.FlowModel:
         if isinstance(layer, tc.nets.MLP):
             for dense in layer.hidden[1:]:
                 dense.activation = keras.activations.get(variant["later_activation"])
+    return model
+
+
+def _random_shift(variant: dict, model: tc.FlowModel) -> tc.FlowModel:
+    """Draws the shift columns of every conditioner's output layer (the first half) uniform in
+    ``±1/sqrt(fan_in)``, as the hidden layers are; the log-scale columns stay 0."""
+    if not variant.get("random_shift"):
+        return model
+    rng = np.random.default_rng(int(keras.random.randint((), 0, 2**30)))
+    for layer in model.flow_layers:
+        if isinstance(layer, tc.nets.MLP):
+            kernel, bias = layer.out.kernel, layer.out.bias
+            fan_in, width = kernel.shape
+            b, limit = width // 2, 1.0 / np.sqrt(fan_in)
+            k, c = kernel.numpy(), bias.numpy()
+            k[:, :b] = rng.uniform(-limit, limit, (fan_in, b))
+            c[:b] = rng.uniform(-limit, limit, b)
+            kernel.assign(k)
+            bias.assign(c)
     return model
 
 

@@ -150,6 +150,11 @@ def test_fit_ablation_variants_build_and_differ():
     a = net.hidden[1](net.hidden[0](x[:, :1])).numpy()
     assert a.min() < 0 and np.abs(a).max() < 1  # tanh: signed and bounded; ReLU would be >= 0
     assert net.hidden[0](x[:, :1]).numpy().min() == 0.0
+    # "random shift start" draws the shift columns of the output layer, not the log-scale ones.
+    net = ab.build({**ab.VARIANTS["random shift start"], **two}, 2).flow_layers[1]
+    kernel, bias = net.out.kernel.numpy(), net.out.bias.numpy()
+    assert np.all(kernel[:, 0] != 0) and bias[0] != 0
+    assert not np.any(kernel[:, 1]) and bias[1] == 0
 
 
 def test_memory_benchmark_smoke():
