@@ -209,8 +209,7 @@ def realnvp_flow(
     steps = _whitening(event_shape, whiten, dtype, name) + _coupling_stack(
         AffineCoupling, event_shape, num_couplings, hidden_units, mask, activation, dtype, name,
         log_scale_clamp=log_scale_clamp, shift_clamp=shift_clamp, normalizing=normalizing,
-        mixing=mixing,
-        context_shape=context_shape)
+        mixing=mixing, context_shape=context_shape)
     return FlowModel(Chain(steps, name=name), event_shape, flow_dtype=dtype,
                      flow_config=config, context_shape=context_shape, name=name)
 

@@ -19,11 +19,11 @@ What is rebuilt: tfp-coupling's own bijectors (couplings, ``ActNorm``, ``Rescali
 ``Invert`` and ``FactorOut``. A ``FactorOut``'s factored channels pass straight to the output:
 the walk parks them on a stack and the backward pass takes them (and their gradients) back from
 it. Any other TFP bijector is walked in the ordinary way (its input stored), between two
-rebuilt runs. The
-run's input is rebuilt too, so nothing before it (e.g. the dequantisation noise added to the
-data) needs to be invertible or stored. Data-dependent initialisation (``ActNorm``,
-``TriLAffine``) happens in the forward pass of :func:`tfp_coupling.initialize_from_data`, before
-any gradient; a re-run in the backward pass never initialises (no layer is pending by then).
+rebuilt runs. The run's input is rebuilt too, so nothing before it (e.g. the dequantisation
+noise added to the data) needs to be invertible or stored. Data-dependent initialisation
+(``ActNorm``, ``TriLAffine``) happens in the forward pass of
+:func:`tfp_coupling.initialize_from_data`, before any gradient; a re-run in the backward pass
+never initialises (no layer is pending by then).
 
 Limits: first-order gradients only (``tf.custom_gradient``); conditioners must be
 deterministic functions of their inputs (no dropout, no batch statistics), since they run
