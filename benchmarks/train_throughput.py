@@ -199,7 +199,10 @@ def chain_floor_contender(name, w, params_per_dim: int, xla: bool, seed: int) ->
                 # and d_b(i) = d_a(i + 1) for alternating halves.
                 h = outs[-1][:, : _d_a(dim, i + 1)]
         grads = tape.gradient(outs, variables, output_gradients=gs)
-        opt.apply_gradients(zip(grads, variables, strict=True))
+        # The last network's output feeds no gradient: without this edge the executor may
+        # compute it after the update, and the step would return post-update outputs.
+        with tf.control_dependencies(outs):
+            opt.apply_gradients(zip(grads, variables, strict=True))
         return outs
 
     return Contender(name, "train", lambda: step(xs[0], gs), w["batch"], xla,
