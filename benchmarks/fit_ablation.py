@@ -40,6 +40,8 @@ Second ablation: ``default`` is ``tc.realnvp_flow`` itself (whitened by a data-i
   after the first: ReLU's kinks for sharp 2-D densities, bounded units for small tables?
 * ``random shift start``: the default with the shift columns of the conditioners' output
   layers drawn at random (the log-scale columns stay 0): a random start of constant volume.
+  ``x0.5`` draws them in half the range; ``tanh, random shift start`` with tanh conditioners.
+* ``realnvp_flow``: ``tc.realnvp_flow`` as it is now, which starts its shifts random itself.
 * ``nice``, ``nice 8``: ``tc.nice_flow`` with 4 and 8 (its default) couplings; the runs record
   the test NLL of the initialised flow as ``start``. ``, zero init`` and ``, whiten`` set
   ``nice_flow``'s ``zero_init`` and ``whiten``.
@@ -166,6 +168,11 @@ VARIANTS: dict[str, dict] = {
     "relu, then tanh": {"builder": True, "shift_clamp": 5.0, "later_activation": "tanh"},
     # Random start of the shifts only: the log-scales start at 0, so the start keeps the volume.
     "random shift start": {"builder": True, "shift_clamp": 5.0, "random_shift": True},
+    "random shift start x0.5": {"builder": True, "shift_clamp": 5.0, "random_shift": 0.5},
+    # realnvp_flow's own random shift start (MLP's random_outputs), now its default.
+    "realnvp_flow": {"builder": True, "shift_clamp": 5.0, "zero_init": False},
+    "tanh, random shift start": {"builder": True, "shift_clamp": 5.0, "activation": "tanh",
+                                 "random_shift": True},
     # NICE (``tc.nice_flow``): its default 4 couplings against 8.
     "nice": {"builder": "nice", "couplings": 4},
     "nice 8": {"builder": "nice", "couplings": 8},
@@ -237,11 +244,12 @@ def build(variant: dict, dim: int) -> tc.FlowModel:
                             activation=variant.get("activation", "relu"))
     if variant.get("builder"):
         # A row without "shift_clamp" builds the unbounded shift it was recorded with (the
-        # default before realnvp_flow bounded it), so that its runs repeat.
+        # default before realnvp_flow bounded it), and one without "zero_init" the identity
+        # start of then, so that its runs repeat.
         model = tc.realnvp_flow(
             [dim], num_couplings=couplings, hidden_units=hidden,
             activation=variant.get("activation", "relu"), mixing=variant.get("mixing"),
-            shift_clamp=variant.get("shift_clamp"))
+            shift_clamp=variant.get("shift_clamp"), zero_init=variant.get("zero_init", True))
         for adjust in (_scale_first_layers, _later_activation, _random_shift):
             model = adjust(variant, model)  # each returns the model unchanged if not asked for
         return model
@@ -325,7 +333,7 @@ def _random_shift(variant: dict, model: tc.FlowModel) -> tc.FlowModel:
         if isinstance(layer, tc.nets.MLP):
             kernel, bias = layer.out.kernel, layer.out.bias
             fan_in, width = kernel.shape
-            b, limit = width // 2, 1.0 / np.sqrt(fan_in)
+            b, limit = width // 2, float(variant["random_shift"]) / np.sqrt(fan_in)
             k, c = kernel.numpy(), bias.numpy()
             k[:, :b] = rng.uniform(-limit, limit, (fan_in, b))
             c[:b] = rng.uniform(-limit, limit, b)

@@ -127,6 +127,10 @@ def test_density_quality_tanh_column_on_tables_only(monkeypatch):
     wine = [c.strip() for c in lines[3].split("|")[1:-1]]
     assert toy[0] == "two_moons" and toy[-1] == "-"
     assert wine[0] == "wine" and wine[1] == "-" and np.isfinite(float(wine[-1]))
+    # Rerunning one column trains that contender alone (the true and Gaussian columns stay).
+    table = dq.run([], ["wine"], seeds=1, toy_budget=budget, table_budget=budget,
+                   with_peer=False, log=lambda *_: None, only=["realnvp tanh"])
+    assert table.splitlines()[0] == "| data | true | gaussian | realnvp tanh |"
 
 
 def test_fit_ablation_variants_build_and_differ():
@@ -160,6 +164,11 @@ def test_fit_ablation_variants_build_and_differ():
     kernel, bias = net.out.kernel.numpy(), net.out.bias.numpy()
     assert np.all(kernel[:, 0] != 0) and bias[0] != 0
     assert not np.any(kernel[:, 1]) and bias[1] == 0
+    # Rows recorded with the identity start still build it; the "realnvp_flow" row draws.
+    net = ab.build({**ab.VARIANTS["default, shift clamp 5"], **two}, 2).flow_layers[1]
+    assert not np.any(net.out.kernel.numpy())
+    net = ab.build({**ab.VARIANTS["realnvp_flow"], **two}, 2).flow_layers[1]
+    assert np.all(net.out.kernel.numpy()[:, 0] != 0) and not np.any(net.out.kernel.numpy()[:, 1])
 
 
 def test_memory_benchmark_smoke():

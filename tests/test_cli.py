@@ -63,6 +63,15 @@ def test_train_writes_a_complete_run_folder(run):
 
     assert shift_clamps(config) == {5.0}
     assert shift_clamps({k: v for k, v in config.items() if k != "shift_clamp"}) == {None}
+
+    def output_kernels(config: dict) -> list:
+        return [layer.out.kernel.numpy() for layer in tasks.build_model(config).flow_layers
+                if isinstance(layer, tc.nets.MLP)]
+
+    # Random shifts to start (recorded), except on flattened pixels and tables (see below).
+    assert config["zero_init"] is False
+    assert all(np.any(k) for k in output_kernels(config))
+    assert not any(np.any(k) for k in output_kernels({**config, "zero_init": True}))
     assert metrics["history"]["epoch"] == [1, 2]
     for key in ("train_nll", "val_nll", "time_s"):
         assert len(metrics["history"][key]) == 2 and all(map(math.isfinite,
@@ -387,6 +396,11 @@ def test_table_runs_get_the_small_data_defaults(tmp_path):
     config = json.loads((tmp_path / "t" / "config.json").read_text())
     assert (config["lr"], config["batch_size"], config["epochs"]) == (1e-4, 64, 2)
     assert config["activation"] == "tanh"  # RealNVP's conditioners, as for NICE above
+    # The identity start, so that the untrained flow (epoch 0 of the model selection) is the
+    # Gaussian fit; the run's flow is built that way.
+    assert config["zero_init"] is True
+    model = keras.models.load_model(tmp_path / "t" / "model.keras")
+    assert model.flow_config["zero_init"] is True
 
 
 def _run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

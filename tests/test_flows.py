@@ -128,9 +128,9 @@ def test_one_fit_step_moves_every_variable_along_its_gradient(builder, event_sha
 
 
 def test_identity_init_gets_gradients_on_the_output_layers():
-    """A new flow is the identity (zero output layers) and still trains: the output layers get
-    non-zero gradients, so the first step leaves the identity."""
-    model = tc.realnvp_flow([2], num_couplings=2, hidden_units=[8])
+    """With ``zero_init`` a new flow is the identity (zero output layers) and still trains: the
+    output layers get non-zero gradients, so the first step leaves the identity."""
+    model = tc.realnvp_flow([2], num_couplings=2, hidden_units=[8], zero_init=True)
     x = tc.data.two_moons(64, seed=0)
     np.testing.assert_allclose(model.inverse(x).numpy(), x, atol=0)
     with tf.GradientTape() as tape:
@@ -141,6 +141,26 @@ def test_identity_init_gets_gradients_on_the_output_layers():
     assert len(outs) == 4
     for p in outs:
         assert float(tf.reduce_max(tf.abs(grads[p]))) > 0.0, p
+
+
+def test_realnvp_starts_at_a_random_shift_of_constant_volume():
+    """By default the shifts start random and the log-scales at 0: the untrained couplings move
+    points (no two seeds alike) but change no volume, so the whitened flow starts at the
+    Gaussian fit's log-det. An identity start would not move ``x`` at all."""
+    x = tc.data.eight_gaussians(256, seed=0)
+
+    def untrained(seed: int) -> tuple[np.ndarray, np.ndarray]:
+        keras.utils.set_random_seed(seed)
+        model = tc.realnvp_flow([2], whiten=False)
+        return model.inverse(x).numpy(), model.bijector.inverse_log_det_jacobian(
+            x, event_ndims=1).numpy()
+
+    (z0, ildj0), (z1, _), (z0_again, _) = untrained(0), untrained(1), untrained(0)
+    np.testing.assert_array_equal(ildj0, 0.0)
+    moved = np.linalg.norm(z0 - x, axis=1)
+    assert np.median(moved) > 0.05, np.median(moved)
+    assert not np.allclose(z0, z1, atol=1e-3)
+    np.testing.assert_array_equal(z0, z0_again)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 
 import tfp_coupling as tc
 
@@ -38,6 +39,26 @@ def test_mlp_initialisation_is_seeded_and_differs_between_layers():
     a, b = first_bias(), first_bias()
     np.testing.assert_array_equal(a[0], b[0])
     assert not np.allclose(a[0], a[1])
+
+
+def test_mlp_random_outputs_draws_only_the_leading_entries_of_the_last_axis():
+    """``random_outputs=k`` starts the first ``k`` entries of the output's last axis random (an
+    affine coupling's shifts) and the rest at zero (its log-scales), on vectors and images."""
+    keras.utils.set_random_seed(0)
+    for shape, k in (([6], 3), ([2, 3, 4], 2)):
+        net = tc.nets.MLP([16], output_shape=shape, random_outputs=k)
+        out = np.asarray(net(np.random.default_rng(0).normal(size=(32, 5)).astype("float32")))
+        assert out.shape == (32, *shape)
+        assert np.all(np.abs(out[..., :k]).max(axis=0) > 0), out[..., :k]
+        assert not np.any(out[..., k:])
+        limit = 1.0 / np.sqrt(16)
+        assert 0 < np.abs(net.out.kernel.numpy()).max() <= limit
+        config = net.get_config()
+        assert config["random_outputs"] == k
+        assert tc.nets.MLP.from_config(config).random_outputs == k
+    for k in (-1, 7):
+        with pytest.raises(ValueError, match="random_outputs must be in \\[0, 6\\]"):
+            tc.nets.MLP([4], output_shape=[6], random_outputs=k)
 
 
 def _resnet_features(net: tc.nets.ResNet, x: np.ndarray) -> np.ndarray:

@@ -140,6 +140,22 @@ def test_realnvp_saved_before_the_shift_bound_rebuilds_unbounded():
     assert shift_clamps(old) == {None}
 
 
+def test_realnvp_saved_before_the_random_shift_start_rebuilds_at_the_identity():
+    """A config without ``zero_init`` was written when every output layer started at zero."""
+    config = tc.realnvp_flow([2], num_couplings=2, hidden_units=[8]).get_config()
+    assert config["flow_config"]["zero_init"] is False
+
+    def output_kernels(config: dict) -> list:
+        model = tc.FlowModel.from_config(config)
+        return [layer.out.kernel.numpy() for layer in model.flow_layers
+                if isinstance(layer, tc.nets.MLP)]
+
+    assert all(np.any(k) for k in output_kernels(config))
+    old = {**config, "flow_config": {k: v for k, v in config["flow_config"].items()
+                                     if k != "zero_init"}}
+    assert not any(np.any(k) for k in output_kernels(old))
+
+
 MAIN_4F3303E = Path(__file__).parent / "data" / "main_4f3303e"
 
 

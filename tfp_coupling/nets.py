@@ -2,7 +2,8 @@
 
 Any Keras layer or callable with the contract ``[N, *a_shape] -> [N, *output_shape]`` can be a
 conditioner; these are the defaults the flow builders use. Their last layer is zero-initialised,
-so a new coupling is the identity and training starts from the base distribution.
+so a new coupling is the identity and training starts from the base distribution, unless asked
+to start some outputs random (``MLP``'s ``zero_init=False`` or ``random_outputs``).
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ class MLP(keras.layers.Layer):
         activation: hidden activation (any Keras activation name).
         zero_init: zero-initialise the output layer so the coupling starts as the identity;
             ``False`` initialises it like the hidden layers.
+        random_outputs: with ``zero_init``, the first ``random_outputs`` entries of the
+            output's last axis start like the hidden layers all the same (the rest at zero).
+            An affine coupling's shifts come first: passing their number starts the coupling
+            at a random shift with log-scale 0, a map of constant volume.
         **kwargs: passed to ``keras.layers.Layer`` (``name``, ``dtype`` policy).
 
     Example:
@@ -63,6 +68,7 @@ class MLP(keras.layers.Layer):
         output_shape: Sequence[int] | int,
         activation: str = "relu",
         zero_init: bool = True,
+        random_outputs: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -72,9 +78,13 @@ class MLP(keras.layers.Layer):
         self.output_shape_ = tuple(int(d) for d in output_shape)
         self.activation = activation
         self.zero_init = bool(zero_init)
+        self.random_outputs = int(random_outputs)
         if any(u < 1 for u in self.hidden_units) or any(d < 1 for d in self.output_shape_):
             raise ValueError(f"hidden_units and output_shape must be positive, got "
                              f"{self.hidden_units} and {list(self.output_shape_)}")
+        if not 0 <= self.random_outputs <= self.output_shape_[-1]:
+            raise ValueError(f"random_outputs must be in [0, {self.output_shape_[-1]}] (the "
+                             f"output's last axis), got {self.random_outputs}")
         self.flatten = keras.layers.Flatten(dtype=self.dtype_policy)
         self.hidden = [
             keras.layers.Dense(u, activation=activation, dtype=self.dtype_policy,
@@ -96,12 +106,23 @@ class MLP(keras.layers.Layer):
             layer.bias_initializer = keras.initializers.RandomUniform(-limit, limit)
             layer.build(shape)
             shape = layer.compute_output_shape(shape)
+        limit = 1.0 / math.sqrt(shape[-1])
         if not self.zero_init:
-            limit = 1.0 / math.sqrt(shape[-1])
             self.out.bias_initializer = keras.initializers.RandomUniform(-limit, limit)
         self.out.build(shape)
+        if self.zero_init and self.random_outputs:
+            self._draw_leading_outputs(limit)
         self.reshape.build(self.out.compute_output_shape(shape))
         self.built = True
+
+    def _draw_leading_outputs(self, limit: float) -> None:
+        """Draws the output weights of the first ``random_outputs`` entries of the last axis."""
+        # Output j of the flattened layer is entry j % last of the last axis.
+        leading = np.arange(math.prod(self.output_shape_)) % self.output_shape_[-1]
+        leading = leading < self.random_outputs
+        for weight in (self.out.kernel, self.out.bias):
+            drawn = keras.random.uniform(weight.shape, -limit, limit, dtype=weight.dtype)
+            weight.assign(keras.ops.where(leading, drawn, keras.ops.zeros_like(drawn)))
 
     def call(self, inputs):
         h = self.flatten(inputs)
@@ -119,6 +140,7 @@ class MLP(keras.layers.Layer):
             "output_shape": list(self.output_shape_),
             "activation": self.activation,
             "zero_init": self.zero_init,
+            "random_outputs": self.random_outputs,
         }
 
 

@@ -145,6 +145,10 @@ def _new_run(args: argparse.Namespace, given: set[str]) -> tuple[RunFolder, dict
         config["scale_residuals"] = True
     if args.model == "realnvp":  # recorded, so that the run rebuilds with the same bound
         config["shift_clamp"] = REALNVP_SHIFT_CLAMP
+        # Random shifts to start, but not on flattened pixels (they would move the background
+        # by many of its standard deviations) nor on tables: there the identity start is the
+        # Gaussian fit, which the best-validation-epoch selection can fall back on.
+        config["zero_init"] = bool(config.get("flatten")) or info.kind == "tabular"
     if info.kind != "image" and image_model:
         raise CLIError(f"--model {args.model} needs an image dataset; {args.dataset!r} "
                        f"holds vectors of shape {list(info.event_shape)}")

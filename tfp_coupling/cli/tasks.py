@@ -61,11 +61,12 @@ def build_model(config: dict) -> FlowModel:
                          whiten=bool(config.get("whiten", False)), activation=activation,
                          **context)
     if config["model"] == "realnvp":
-        # Runs written before the shift was bounded have no "shift_clamp" key: unbounded.
+        # Runs written before the shift was bounded have no "shift_clamp" key: unbounded. Those
+        # written before the random shift start rebuild with it (their weights are restored).
         return realnvp_flow([config["event_size"]], num_couplings=couplings,
                             hidden_units=hidden, activation=activation,
                             mixing=config.get("mixing"), shift_clamp=config.get("shift_clamp"),
-                            **context)
+                            zero_init=bool(config.get("zero_init", False)), **context)
     builder = get_builder(IMAGE_MODELS[config["model"]])
     if config["model"] == "realnvp-image":  # multi-scale, conv conditioners
         # Runs written before the blocks were scaled have no key and rebuild unscaled.

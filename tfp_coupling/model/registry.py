@@ -36,7 +36,8 @@ _REGISTERED: dict[str, Callable] = {}
 # written by a version that built the flow this way, and must rebuild the same layers to load.
 _CONFIG_BEFORE = {
     "nice_flow": {"whiten": False, "zero_init": True},
-    "realnvp_flow": {"whiten": False, "normalizing": False, "shift_clamp": None},
+    "realnvp_flow": {"whiten": False, "normalizing": False, "shift_clamp": None,
+                     "zero_init": True},
     "realnvp_image_flow": {"scale_residuals": False},
 }
 
