@@ -145,8 +145,8 @@ def test_identity_init_gets_gradients_on_the_output_layers():
 
 def test_realnvp_starts_at_a_random_shift_of_constant_volume():
     """By default the shifts start random and the log-scales at 0: the untrained couplings move
-    points (no two seeds alike) but change no volume, so the whitened flow starts at the
-    Gaussian fit's log-det. An identity start would not move ``x`` at all."""
+    points (no two seeds alike) but change no volume (log-det 0), so a whitened flow starts
+    with the Gaussian fit's volume. An identity start would not move ``x`` at all."""
     x = tc.data.eight_gaussians(256, seed=0)
 
     def untrained(seed: int) -> tuple[np.ndarray, np.ndarray]:
