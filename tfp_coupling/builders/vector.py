@@ -180,7 +180,7 @@ def realnvp_flow(
     starts as a random shift of ``x_b`` given ``x_a``, a map of constant volume, so the start
     keeps the Gaussian fit's volume without sitting at the identity. Paired against the
     identity start (``zero_init=True``) by ``fit_ablation.py``: eight Gaussians -0.021 ± 0.008
-    nats, pinwheel -0.022 ± 0.011, circles -0.027 ± 0.029 (20 seeds), rings -0.018 (3); no
+    nats, pinwheel -0.022 ± 0.011, circles -0.029 ± 0.027 (20 seeds), rings -0.018 (3); no
     identity-started run ended below 3.008 on eight Gaussians, where zuko's random start does.
     On small tables it fits worse (``density_quality.py``, 5 seeds: wine +0.36 nats,
     breast_cancer +1.30, diabetes -0.13): pass ``zero_init=True`` there, so that the untrained
