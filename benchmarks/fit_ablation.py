@@ -326,7 +326,9 @@ def _later_activation(variant: dict, model: tc.FlowModel) -> tc.FlowModel:
 
 def _random_shift(variant: dict, model: tc.FlowModel) -> tc.FlowModel:
     """Draws the shift columns of every conditioner's output layer (the first half) uniform in
-    ``±1/sqrt(fan_in)``, as the hidden layers are; the log-scale columns stay 0."""
+    ``±f/sqrt(fan_in)`` (``f`` the row's ``random_shift``, True for 1: the hidden layers'
+    range); the log-scale columns stay 0. NumPy's generator, as the recorded runs had it:
+    ``realnvp_flow``'s own draw (``MLP``'s ``random_outputs``) uses Keras'."""
     if not variant.get("random_shift"):
         return model
     rng = np.random.default_rng(int(keras.random.randint((), 0, 2**30)))

@@ -179,9 +179,10 @@ def realnvp_flow(
     ``±1/sqrt(fan_in)``, as the hidden layers) and their log-scale columns at 0: each coupling
     starts as a random shift of ``x_b`` given ``x_a``, a map of constant volume, so the start
     keeps the Gaussian fit's volume without sitting at the identity. Paired against the
-    identity start (``zero_init=True``) by ``fit_ablation.py``: eight Gaussians -0.021 ± 0.008
-    nats, pinwheel -0.022 ± 0.011, circles -0.029 ± 0.027 (20 seeds), rings -0.018 (3); no
-    identity-started run ended below 3.008 on eight Gaussians, where zuko's random start does.
+    identity start (``zero_init=True``) over 20 seeds (``fit_ablation.py``): eight Gaussians
+    -0.035 ± 0.007 nats, pinwheel -0.024 ± 0.007, two moons -0.020 ± 0.009, circles -0.056 ±
+    0.030; against zuko's RealNVP, eight Gaussians -0.026 ± 0.011 (the identity start was
+    0.010 above zuko there, and no identity-started run ended below 3.008).
     On small tables it fits worse (``density_quality.py``, 5 seeds: wine +0.36 nats,
     breast_cancer +1.30, diabetes -0.13): pass ``zero_init=True`` there, so that the untrained
     flow is the Gaussian fit and model selection can keep it, and for flattened pixels, whose
