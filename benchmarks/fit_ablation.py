@@ -19,8 +19,8 @@ Rows:
 * ``fan-in, clip 1``: global gradient-norm clipping at 1.
 
 Second ablation: ``default`` is ``tc.realnvp_flow`` as it was (whitened by a data-initialised
-``TriLAffine``, clamp ``2 tanh(s / 2)``, identity start); every other row rebuilds it with one
-change:
+``TriLAffine``, clamp ``2 tanh(s / 2)``, unbounded shift, identity start; ``default, shift clamp
+5`` is the identity start with today's bound); every other row rebuilds it with one change:
 
 * ``zuko clip 6.9`` / ``zuko clip 3``: zuko's soft clip ``s / (1 + |s| / c)`` instead of tanh.
 * ``clamp 3``: ``3 tanh(s / 3)``.
