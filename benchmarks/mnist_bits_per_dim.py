@@ -70,7 +70,8 @@ BUILDERS = {
 
 
 # Adam's learning rate where it differs from 1e-3: the flat affine flow's unbounded shifts blew
-# up (NaN loss after ~400 steps) at 1e-3 in our runs.
+# up (NaN loss after ~400 steps) at 1e-3 in the recorded runs, made with the couplings of then
+# (latent -> data, clamp 5, unbounded shift; image_fit.py compares them with today's).
 LEARNING_RATES = {"realnvp_vector": 1e-4}
 CLIPNORM = 1000.0
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import MNIST_IMAGES, needs_mnist
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
 TINY = dict(dim=4, couplings=3, hidden=(8,), batch=16)
@@ -220,3 +221,27 @@ def test_zuko_twin_starts_and_trains_like_zuko():
     assert rec["zuko"] < rec["start"]["zuko"] and rec["twin"] < rec["start"]["twin"]  # trained
     row = twin.table([rec]).splitlines()[2]
     assert row.startswith("| pinwheel | 1 |")
+
+
+@needs_mnist
+def test_image_fit_smoke(monkeypatch):
+    """Each batch's NLL is recovered from Keras' running mean; a tiny run fills its row (the
+    full run is `python benchmarks/image_fit.py`)."""
+    fit = _load_benchmark("image_fit")
+    losses = fit.BatchLosses()
+    losses.on_epoch_begin(0)
+    for running_mean in (4.0, 3.0, 4.0):  # batches 4, 2, 6
+        losses.on_train_batch_end(0, {"loss": running_mean})
+    np.testing.assert_allclose(losses.epochs, [[4.0, 2.0, 6.0]])
+
+    monkeypatch.setitem(fit.MODELS, "flat", lambda **kw: fit.tc.realnvp_flat_image_flow(
+        fit.SHAPE, num_couplings=2, hidden_units=[8], **kw))
+    x = fit.tc.data.read_idx(MNIST_IMAGES)[:96, :, :, None].astype("float32")
+    rows = [fit.run("flat", v, 0, x[:64], x[64:], steps=4, lr=1e-3, clipnorm=None,
+                    batch_size=32) for v in ("before", "vector defaults")]
+    for r in rows:
+        assert r["steps"] == 4 and len(r["epoch_bpd"]) == 2 and not r["diverged"]
+        assert np.isfinite(r["test_bpd"]) and r["test_bpd"] < r["start_bpd"]
+    assert rows[0]["test_bpd"] != rows[1]["test_bpd"]  # the rows build different couplings
+    table = fit.table(rows, ["flat"], ["before", "vector defaults"]).splitlines()
+    assert [line.split("|")[2].strip() for line in table[2:]] == ["before", "vector defaults"]

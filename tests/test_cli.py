@@ -284,6 +284,34 @@ def test_mnist_offline_run_reports_bits_per_dim(tmp_path, capsys):
     assert np.load(tmp_path / "m" / "samples.npy").shape == (4, 28, 28, 1)
 
 
+@needs_mnist
+def test_realnvp_image_runs_record_their_couplings_and_older_runs_rebuild_theirs(tmp_path):
+    from tfp_coupling.cli import commands, options, parser
+    from tfp_coupling.composition.factor_out import FactorOut
+
+    args = parser.build_parser().parse_args(
+        ["train", "--dataset", "mnist", "--data-dir", str(MNIST_DIR), "--model",
+         "realnvp-image", "--hidden", "4", "--couplings", "1", "--out", str(tmp_path)])
+    _, config = commands._new_run(args, options.fill_defaults(args))
+    assert (config["normalizing"], config["log_scale_clamp"], config["shift_clamp"]) == (
+        True, 2.0, 5.0)
+
+    def forms(config: dict) -> set:
+        def couplings(b):
+            if isinstance(b, tc.AffineCoupling):
+                return [b]
+            inner = b.inner.bijectors if isinstance(b, FactorOut) else getattr(b, "bijectors", ())
+            return [c for x in inner for c in couplings(x)]
+
+        return {(c.normalizing, c.log_scale_clamp, c.shift_clamp)
+                for c in couplings(tasks.build_model(config).bijector)}
+
+    assert forms(config) == {(True, 2.0, 5.0)}
+    older = {k: v for k, v in config.items()
+             if k not in ("normalizing", "log_scale_clamp", "shift_clamp")}
+    assert forms(older) == {(False, 5.0, None)}
+
+
 @pytest.mark.parametrize("args, message", [
     (["--dataset", "nope"], "unknown dataset 'nope'"),
     (["--dataset", "{tmp}/missing.csv"], "data file not found: {tmp}/missing.csv"),

@@ -52,6 +52,52 @@ def test_realnvp_image_flow_check_flow_float64():
     check_flow(model, batch_shapes=((), (3,)))
 
 
+def test_realnvp_image_flow_before_its_coupling_defaults_check_flow_float64():
+    """The couplings of before (latent -> data, clamp 5, unbounded shift) stay exact too."""
+    model = small_realnvp(dtype="float64", **BEFORE)
+    randomize_weights(model, seed=1, scale=0.05, trainable_only=True)
+    check_flow(model, batch_shapes=((3,),))
+
+
+# realnvp_image_flow's and realnvp_flat_image_flow's coupling arguments before they took the
+# vector flow's (normalizing, clamp 2, shift bound 5).
+BEFORE = {"normalizing": False, "log_scale_clamp": 5.0, "shift_clamp": None}
+
+
+def affine_couplings(bijector) -> list:
+    """Every AffineCoupling inside ``bijector`` (through chains, inversions and factor-outs)."""
+    inner = [*getattr(bijector, "bijectors", ()), getattr(bijector, "bijector", None),
+             getattr(bijector, "inner", None)]
+    found = [bijector] if isinstance(bijector, tc.AffineCoupling) else []
+    for b in inner:
+        if b is not None:
+            found += affine_couplings(b)
+    return found
+
+
+@pytest.mark.parametrize("builder, kwargs", [
+    (tc.realnvp_image_flow, {"num_scales": 2, "num_couplings_per_scale": 1,
+                             "num_final_couplings": 1, "hidden_channels": 4, "num_blocks": 1}),
+    (tc.realnvp_flat_image_flow, {"num_couplings": 2, "hidden_units": [8]}),
+])
+def test_realnvp_image_flows_take_the_vector_flows_couplings_and_old_files_keep_theirs(
+        builder, kwargs):
+    def forms(model) -> set:
+        couplings = affine_couplings(model.bijector)
+        assert len(couplings) == (3 if builder is tc.realnvp_image_flow else 2)
+        return {(b.normalizing, b.log_scale_clamp, b.shift_clamp) for b in couplings}
+
+    model = builder([8, 8, 1], **kwargs)
+    assert forms(model) == {(True, 2.0, 5.0)}
+    assert forms(builder([8, 8, 1], **kwargs, **BEFORE)) == {(False, 5.0, None)}
+    # A config saved before the options existed (it records its clamp, 5) rebuilds the old flow.
+    config = {k: v for k, v in model.get_config()["flow_config"].items()
+              if k not in ("normalizing", "shift_clamp")}
+    config["log_scale_clamp"] = 5.0
+    old = type(model).from_config({"name": "old", "flow_config": config})
+    assert forms(old) == {(False, 5.0, None)}
+
+
 def test_nice_image_flow_check_flow_float64():
     model = small_nice(dtype="float64")
     randomize_weights(model, seed=2, scale=0.2)

@@ -67,7 +67,9 @@ def realnvp_image_flow(
     actnorm: bool = True,
     alpha: float = 0.05,
     num_levels: int = 256,
-    log_scale_clamp: float | None = 5.0,
+    log_scale_clamp: float | None = 2.0,
+    shift_clamp: float | None = 5.0,
+    normalizing: bool = True,
     activation: str = "relu",
     context_shape: Sequence[int] | None = None,
     scale_residuals: bool = True,
@@ -96,6 +98,14 @@ def realnvp_image_flow(
     ``(H, W, C)``, and ``sample`` returns images. ``H`` and ``W`` must be divisible by
     ``2 ** (num_scales - 1)``. ``context_shape=[c]`` makes it conditional, ``p(x | context)``
     (e.g. a one-hot class): every conditioner sees the context as ``c`` extra input channels.
+
+    The couplings are :func:`tfp_coupling.realnvp_flow`'s: each affine map written data ->
+    latent (``normalizing``), the log-scale soft-clamped to ``±log_scale_clamp`` and the shift
+    bounded by ``shift_clamp`` in latent units (see :class:`tfp_coupling.AffineCoupling`).
+    On MNIST (``benchmarks/image_fit.py``: 8,000 digits, 625 steps of batch 64, Adam 1e-3
+    without clipping, 3 seeds) they reach 1.861 ± 0.165 test bits/dim (worst 2.047), where the
+    couplings of before (``normalizing=False, log_scale_clamp=5.0, shift_clamp=None``) reached
+    4.253 ± 2.411 (worst 6.889) with single batches 309 times their epoch's median NLL.
 
     Example:
         >>> import numpy as np
@@ -135,6 +145,7 @@ def realnvp_image_flow(
             if actnorm:
                 steps.append(ActNorm(event_shape, dtype=dtype, name=f"{name}_actnorm_{i}"))
             steps.append(AffineCoupling(m, net, log_scale_clamp=log_scale_clamp,
+                                        shift_clamp=shift_clamp, normalizing=normalizing,
                                         context_shape=context_shape, dtype=dtype,
                                         name=f"{name}_coupling_{i}"))
         return steps
@@ -243,7 +254,9 @@ def realnvp_flat_image_flow(
     mask: str = "alternating",
     alpha: float = 0.05,
     num_levels: int = 256,
-    log_scale_clamp: float | None = 5.0,
+    log_scale_clamp: float | None = 2.0,
+    shift_clamp: float | None = 5.0,
+    normalizing: bool = True,
     activation: str = "relu",
     dtype: tf.DType | str = "float32",
     name: str | None = None,
@@ -252,8 +265,13 @@ def realnvp_flat_image_flow(
 
     Data -> latent: logit preprocessing, ``num_couplings`` affine couplings
     ``y_b = x_b * exp(s(x_a)) + t(x_a)`` on the flattened image, with MLP conditioners and
-    alternating masks as in :func:`nice_image_flow`.
-    The "vector" RealNVP baseline against which the multi-scale convolutional one is compared.
+    alternating masks as in :func:`nice_image_flow`, and the couplings of
+    :func:`realnvp_image_flow` (data -> latent, log-scale clamp 2, shift bound 5). The "vector"
+    RealNVP baseline against which the multi-scale convolutional one is compared. With 6
+    couplings of [1024, 1024] on MNIST (``benchmarks/image_fit.py``, Adam 1e-3 unclipped, 3
+    seeds): 4.325 ± 0.295 test bits/dim and epochs at most 1.24x the previous epoch's NLL; the
+    couplings of before (``normalizing=False, log_scale_clamp=5.0, shift_clamp=None``) 4.692
+    ± 1.024, with an epoch 7e7 times the one before it.
 
     Example:
         >>> import tfp_coupling as tc
@@ -266,4 +284,5 @@ def realnvp_flat_image_flow(
     name = name or "realnvp_flat_image"
     return _flat_image_flow("affine", image_shape, num_couplings, hidden_units, mask, alpha,
                             num_levels, activation, dtype, name, config,
-                            log_scale_clamp=log_scale_clamp)
+                            log_scale_clamp=log_scale_clamp, shift_clamp=shift_clamp,
+                            normalizing=normalizing)

@@ -143,6 +143,9 @@ def _new_run(args: argparse.Namespace, given: set[str]) -> tuple[RunFolder, dict
         config["whiten"] = not config.get("flatten", False)
     if args.model == "realnvp-image":  # variance-preserving residual blocks (nets.ResNet)
         config["scale_residuals"] = True
+        # The couplings of realnvp_image_flow's defaults, recorded so that the run rebuilds
+        # them: data -> latent, log-scale clamp 2, shift bound 5.
+        config.update(normalizing=True, log_scale_clamp=2.0, shift_clamp=5.0)
     if args.model == "realnvp":  # recorded, so that the run rebuilds with the same bound
         config["shift_clamp"] = REALNVP_SHIFT_CLAMP
         # Random shifts to start, but not on flattened pixels (they would move the background

@@ -69,10 +69,14 @@ def build_model(config: dict) -> FlowModel:
                             zero_init=bool(config.get("zero_init", False)), **context)
     builder = get_builder(IMAGE_MODELS[config["model"]])
     if config["model"] == "realnvp-image":  # multi-scale, conv conditioners
-        # Runs written before the blocks were scaled have no key and rebuild unscaled.
+        # Runs written before the blocks were scaled, or before the couplings took the vector
+        # flow's form, have no key and rebuild as they were.
         return builder(config["image_shape"], num_couplings_per_scale=couplings,
                        hidden_channels=hidden[0],
-                       scale_residuals=bool(config.get("scale_residuals", False)), **context)
+                       scale_residuals=bool(config.get("scale_residuals", False)),
+                       normalizing=bool(config.get("normalizing", False)),
+                       log_scale_clamp=config.get("log_scale_clamp", 5.0),
+                       shift_clamp=config.get("shift_clamp"), **context)
     return builder(config["image_shape"], num_couplings=couplings, hidden_units=hidden)
 
 

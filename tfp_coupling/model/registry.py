@@ -38,7 +38,8 @@ _CONFIG_BEFORE = {
     "nice_flow": {"whiten": False, "zero_init": True},
     "realnvp_flow": {"whiten": False, "normalizing": False, "shift_clamp": None,
                      "zero_init": True},
-    "realnvp_image_flow": {"scale_residuals": False},
+    "realnvp_image_flow": {"scale_residuals": False, "normalizing": False, "shift_clamp": None},
+    "realnvp_flat_image_flow": {"normalizing": False, "shift_clamp": None},
 }
 
 
