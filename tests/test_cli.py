@@ -293,8 +293,12 @@ def test_realnvp_image_runs_record_their_couplings_and_older_runs_rebuild_theirs
         ["train", "--dataset", "mnist", "--data-dir", str(MNIST_DIR), "--model",
          "realnvp-image", "--hidden", "4", "--couplings", "1", "--out", str(tmp_path)])
     _, config = commands._new_run(args, options.fill_defaults(args))
-    assert (config["normalizing"], config["log_scale_clamp"], config["shift_clamp"]) == (
-        True, 2.0, 5.0)
+    import inspect
+
+    recorded = (config["normalizing"], config["log_scale_clamp"], config["shift_clamp"])
+    defaults = inspect.signature(tc.realnvp_image_flow).parameters
+    assert recorded == tuple(defaults[k].default for k in (
+        "normalizing", "log_scale_clamp", "shift_clamp")) == (True, 2.0, 5.0)
 
     def forms(config: dict) -> set:
         def couplings(b):
