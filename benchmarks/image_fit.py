@@ -3,7 +3,7 @@
 The vector flow's defaults were chosen by ``fit_ablation.py`` (each affine map written data ->
 latent, the log-scale clamped by ``2 tanh(s / 2)``, the shift bounded by ``5 tanh(t / 5)``).
 This script asks the same questions of the image flows, one change per row, at one fixed step
-budget: every row trains the same flow from the same seed on the same batches.
+budget: every row builds its flow from the same seed and trains it on the same data.
 
 Data: the MNIST test set (``../shared/data/mnist``, or ``--data``): the first 8,000 digits
 train, the last 2,000 evaluate (``-log p(x + u) / (784 ln 2)``, one seeded noise draw).
@@ -94,7 +94,7 @@ def run(model_name: str, variant: str, seed: int, x_train: np.ndarray, x_test: n
     losses = BatchLosses()
     t0 = time.perf_counter()
     model.fit(x_train[: per_epoch * batch_size], batch_size=batch_size,
-              epochs=math.ceil(steps / per_epoch), steps_per_epoch=None, shuffle=True,
+              epochs=math.ceil(steps / per_epoch), shuffle=True,
               callbacks=[losses, keras.callbacks.TerminateOnNaN()], verbose=0)
     seconds = time.perf_counter() - t0
     batches = [b for epoch in losses.epochs for b in epoch]

@@ -52,13 +52,6 @@ def test_realnvp_image_flow_check_flow_float64():
     check_flow(model, batch_shapes=((), (3,)))
 
 
-def test_realnvp_image_flow_before_its_coupling_defaults_check_flow_float64():
-    """The couplings of before (latent -> data, clamp 5, unbounded shift) stay exact too."""
-    model = small_realnvp(dtype="float64", **BEFORE)
-    randomize_weights(model, seed=1, scale=0.05, trainable_only=True)
-    check_flow(model, batch_shapes=((3,),))
-
-
 # realnvp_image_flow's and realnvp_flat_image_flow's coupling arguments before they took the
 # vector flow's (normalizing, clamp 2, shift bound 5).
 BEFORE = {"normalizing": False, "log_scale_clamp": 5.0, "shift_clamp": None}
@@ -73,6 +66,13 @@ def affine_couplings(bijector) -> list:
         if b is not None:
             found += affine_couplings(b)
     return found
+
+
+def test_realnvp_image_flow_before_its_coupling_defaults_check_flow_float64():
+    """The couplings of before (latent -> data, clamp 5, unbounded shift) stay exact too."""
+    model = small_realnvp(dtype="float64", **BEFORE)
+    randomize_weights(model, seed=1, scale=0.05, trainable_only=True)
+    check_flow(model, batch_shapes=((3,),))
 
 
 @pytest.mark.parametrize("builder, kwargs", [
