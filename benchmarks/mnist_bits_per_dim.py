@@ -52,20 +52,21 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "mnist" / "t10k-images-idx3-ubyte.gz"
 SHAPE = (28, 28, 1)
 
+# Keyword arguments are passed on to the builder (``image_fit.py`` changes the couplings).
 BUILDERS = {
-    "nice": lambda: tc.nice_image_flow(SHAPE, num_couplings=4, hidden_units=[1000] * 5,
-                                       rescale=True, name="nice"),
-    "nice_no_rescale": lambda: tc.nice_image_flow(SHAPE, num_couplings=4,
-                                                  hidden_units=[1000] * 5, rescale=False,
-                                                  name="nice_no_rescale"),
-    "realnvp_vector": lambda: tc.realnvp_flat_image_flow(SHAPE, num_couplings=6,
-                                                         hidden_units=[1024, 1024],
-                                                         name="realnvp_vector"),
-    "realnvp_multiscale": lambda: tc.realnvp_image_flow(SHAPE, num_scales=2,
-                                                        num_couplings_per_scale=3,
-                                                        num_final_couplings=4,
-                                                        hidden_channels=32, num_blocks=2,
-                                                        name="realnvp_multiscale"),
+    "nice": lambda **kw: tc.nice_image_flow(SHAPE, num_couplings=4, hidden_units=[1000] * 5,
+                                            rescale=True, name="nice", **kw),
+    "nice_no_rescale": lambda **kw: tc.nice_image_flow(SHAPE, num_couplings=4,
+                                                       hidden_units=[1000] * 5, rescale=False,
+                                                       name="nice_no_rescale", **kw),
+    "realnvp_vector": lambda **kw: tc.realnvp_flat_image_flow(SHAPE, num_couplings=6,
+                                                              hidden_units=[1024, 1024],
+                                                              name="realnvp_vector", **kw),
+    "realnvp_multiscale": lambda **kw: tc.realnvp_image_flow(SHAPE, num_scales=2,
+                                                             num_couplings_per_scale=3,
+                                                             num_final_couplings=4,
+                                                             hidden_channels=32, num_blocks=2,
+                                                             name="realnvp_multiscale", **kw),
 }
 
 

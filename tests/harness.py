@@ -57,7 +57,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfp_coupling import fused
+from tfp_coupling import AffineCoupling, fused
 from tfp_coupling.bijectors.base import FlowBijector
 
 __all__ = [
@@ -530,3 +530,15 @@ def check_flow(
     if model_vars != layer_vars:
         raise AssertionError(f"{name}: model.trainable_variables ({len(model_vars)}) are not the "
                              f"variables of flow_layers ({len(layer_vars)})")
+
+
+def affine_couplings(bijector) -> list:
+    """Every ``AffineCoupling`` inside ``bijector``, through chains, inversions and factor-outs
+    (for tests of what a builder built)."""
+    inner = [*getattr(bijector, "bijectors", ()), getattr(bijector, "bijector", None),
+             getattr(bijector, "inner", None)]
+    found = [bijector] if isinstance(bijector, AffineCoupling) else []
+    for b in inner:
+        if b is not None:
+            found += affine_couplings(b)
+    return found

@@ -13,6 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from harness import affine_couplings
 from shared_data import MNIST_DIR, needs_mnist
 
 import tfp_coupling as tc
@@ -287,7 +288,6 @@ def test_mnist_offline_run_reports_bits_per_dim(tmp_path, capsys):
 @needs_mnist
 def test_realnvp_image_runs_record_their_couplings_and_older_runs_rebuild_theirs(tmp_path):
     from tfp_coupling.cli import commands, options, parser
-    from tfp_coupling.composition.factor_out import FactorOut
 
     args = parser.build_parser().parse_args(
         ["train", "--dataset", "mnist", "--data-dir", str(MNIST_DIR), "--model",
@@ -301,14 +301,8 @@ def test_realnvp_image_runs_record_their_couplings_and_older_runs_rebuild_theirs
         "normalizing", "log_scale_clamp", "shift_clamp")) == (True, 2.0, 5.0)
 
     def forms(config: dict) -> set:
-        def couplings(b):
-            if isinstance(b, tc.AffineCoupling):
-                return [b]
-            inner = b.inner.bijectors if isinstance(b, FactorOut) else getattr(b, "bijectors", ())
-            return [c for x in inner for c in couplings(x)]
-
         return {(c.normalizing, c.log_scale_clamp, c.shift_clamp)
-                for c in couplings(tasks.build_model(config).bijector)}
+                for c in affine_couplings(tasks.build_model(config).bijector)}
 
     assert forms(config) == {(True, 2.0, 5.0)}
     older = {k: v for k, v in config.items()

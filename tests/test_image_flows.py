@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from harness import check_flow, randomize_weights
+from harness import affine_couplings, check_flow, randomize_weights
 from shared_data import MNIST_IMAGES, needs_mnist
 from without_package import PREAMBLE
 
@@ -55,17 +55,6 @@ def test_realnvp_image_flow_check_flow_float64():
 # realnvp_image_flow's and realnvp_flat_image_flow's coupling arguments before they took the
 # vector flow's (normalizing, clamp 2, shift bound 5).
 BEFORE = {"normalizing": False, "log_scale_clamp": 5.0, "shift_clamp": None}
-
-
-def affine_couplings(bijector) -> list:
-    """Every AffineCoupling inside ``bijector`` (through chains, inversions and factor-outs)."""
-    inner = [*getattr(bijector, "bijectors", ()), getattr(bijector, "bijector", None),
-             getattr(bijector, "inner", None)]
-    found = [bijector] if isinstance(bijector, tc.AffineCoupling) else []
-    for b in inner:
-        if b is not None:
-            found += affine_couplings(b)
-    return found
 
 
 def test_realnvp_image_flow_before_its_coupling_defaults_check_flow_float64():

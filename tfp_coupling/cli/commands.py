@@ -17,6 +17,7 @@ from pathlib import Path
 from tfp_coupling import data
 from tfp_coupling.cli.context import new_context, parse_sample_context
 from tfp_coupling.cli.options import (
+    REALNVP_IMAGE_COUPLINGS,
     REALNVP_SHIFT_CLAMP,
     RUN_SETTINGS,
     TABLE_DEFAULTS,
@@ -143,9 +144,7 @@ def _new_run(args: argparse.Namespace, given: set[str]) -> tuple[RunFolder, dict
         config["whiten"] = not config.get("flatten", False)
     if args.model == "realnvp-image":  # variance-preserving residual blocks (nets.ResNet)
         config["scale_residuals"] = True
-        # The couplings of realnvp_image_flow's defaults, recorded so that the run rebuilds
-        # them: data -> latent, log-scale clamp 2, shift bound 5.
-        config.update(normalizing=True, log_scale_clamp=2.0, shift_clamp=5.0)
+        config.update(REALNVP_IMAGE_COUPLINGS)  # recorded, so that the run rebuilds them
     if args.model == "realnvp":  # recorded, so that the run rebuilds with the same bound
         config["shift_clamp"] = REALNVP_SHIFT_CLAMP
         # Random shifts to start, but not on flattened pixels (they would move the background

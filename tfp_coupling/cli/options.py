@@ -53,6 +53,9 @@ TABLE_DEFAULTS = {"lr": 1e-4, "batch_size": 64, "epochs": 300, "activation": "ta
 ACTIVATIONS = ("relu", "tanh")
 # realnvp_flow's default bound on the shift (written here so that parsing needs no TensorFlow).
 REALNVP_SHIFT_CLAMP = 5.0
+# realnvp_image_flow's default couplings (data -> latent, log-scale clamp 2, shift bound 5),
+# recorded in a realnvp-image run's config so that it rebuilds them.
+REALNVP_IMAGE_COUPLINGS = {"normalizing": True, "log_scale_clamp": 2.0, "shift_clamp": 5.0}
 # The learning rate rises linearly over the first WARMUP_EPOCHS (at most a tenth of the run):
 # at full rate from the first step a new flow's first epochs are its least stable.
 WARMUP_EPOCHS = 5
