@@ -245,3 +245,28 @@ def test_image_fit_smoke(monkeypatch):
     assert rows[0]["test_bpd"] != rows[1]["test_bpd"]  # the rows build different couplings
     table = fit.table(rows, ["flat"], ["before", "vector defaults"]).splitlines()
     assert [line.split("|")[2].strip() for line in table[2:]] == ["before", "vector defaults"]
+
+
+def test_image_warmup_schedules_and_unclipped_gradient_norms():
+    """The schedules `image_warmup.py` compares warm up as they say (the command line's rule:
+    whole epochs, none under 10; the alternative: a tenth of the steps), and its optimizer sees
+    every step's unclipped gradient norm (the full run is `python benchmarks/image_warmup.py`)."""
+    w = _load_benchmark("image_warmup")
+    new, old, long = w.learning_rate("clinew2"), w.learning_rate("cli2"), w.learning_rate("cli40")
+    assert float(new(0)) == pytest.approx(1e-4) and float(new(25)) == pytest.approx(1e-3)
+    assert float(old(0)) == pytest.approx(1e-3)  # the rule of before: no warm-up in 2 epochs
+    assert float(long(250)) < 1e-3 and float(long(500)) == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match="unknown schedule"):
+        w.learning_rate("nope")
+
+    model = w.tc.realnvp_flow([2], num_couplings=2, hidden_units=[8])
+    optimizer = w.NormAdam(1e-3, global_clipnorm=1e-3)
+    w.NormAdam.norms = []
+    model.compile(optimizer=optimizer, run_eagerly=True)
+    model.fit(w.tc.data.two_moons(64, seed=0), batch_size=16, epochs=1, verbose=0)
+    assert len(w.NormAdam.norms) == 4 and all(n > 1e-3 for n in w.NormAdam.norms)
+
+    record = {"lr": "clinew2", "clip": 1.0, "seed": 0, "test": 1.5, "norms": [2.0] * 60,
+              "batches": [[1.0, 9.0, 1.0], [2.0, 2.0, 3.0]], "seconds": 1.0}
+    row = w.table([record]).splitlines()[2].split("|")
+    assert [c.strip() for c in row[5:9]] == ["9.0 (1)", "1.5", "1.000 2.000", "1.500"]
