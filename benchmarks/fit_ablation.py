@@ -174,6 +174,10 @@ VARIANTS: dict[str, dict] = {
     "realnvp_flow": {"builder": True, "shift_clamp": 5.0, "zero_init": False},
     "tanh, random shift start": {"builder": True, "shift_clamp": 5.0, "activation": "tanh",
                                  "random_shift": True},
+    # The default with its log-scale bounded to (-1, 1): an outlying table row's coordinates are
+    # stretched by at most e per coupling instead of e^2.
+    "realnvp_flow, clamp 1": {"builder": True, "shift_clamp": 5.0, "zero_init": False,
+                              "log_scale_clamp": 1.0},
     # NICE (``tc.nice_flow``): its default 4 couplings against 8.
     "nice": {"builder": "nice", "couplings": 4},
     "nice 8": {"builder": "nice", "couplings": 8},
@@ -250,7 +254,8 @@ def build(variant: dict, dim: int) -> tc.FlowModel:
         model = tc.realnvp_flow(
             [dim], num_couplings=couplings, hidden_units=hidden,
             activation=variant.get("activation", "relu"), mixing=variant.get("mixing"),
-            shift_clamp=variant.get("shift_clamp"), zero_init=variant.get("zero_init", True))
+            shift_clamp=variant.get("shift_clamp"), zero_init=variant.get("zero_init", True),
+            log_scale_clamp=variant.get("log_scale_clamp", 2.0))
         for adjust in (_scale_first_layers, _later_activation, _random_shift):
             model = adjust(variant, model)  # each returns the model unchanged if not asked for
         return model
