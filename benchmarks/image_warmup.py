@@ -48,6 +48,7 @@ from mnist_bits_per_dim import BUILDERS, DEFAULT_DATA
 
 import tfp_coupling as tc
 from tfp_coupling.cli.options import WARMUP_EPOCHS
+from tfp_coupling.cli.tasks import learning_rate_schedule
 from tfp_coupling.dequantization import flow_bits_per_dim
 
 STEPS_PER_EPOCH, BATCH = 125, 64
@@ -72,14 +73,13 @@ def learning_rate(schedule: str, lr: float = 1e-3):
         return keras.optimizers.schedules.CosineDecay(
             lr / 10, decay_steps=10**9, alpha=1.0, warmup_target=lr,
             warmup_steps=int(schedule[4:]))
-    if schedule.startswith("clinew"):  # a tenth of the steps, at most WARMUP_EPOCHS
-        total = int(schedule[6:])
-        warmup = min(spe * WARMUP_EPOCHS, total * spe // 10)
-    elif schedule.startswith("cli"):  # the command line's rule (cli/tasks.py)
-        total = int(schedule[3:])
-        warmup = spe * min(WARMUP_EPOCHS, total // 10)
-    else:
+    if schedule.startswith("cli") and not schedule.startswith("clinew"):
+        return learning_rate_schedule({"lr": lr, "schedule": "cosine", "epochs": int(schedule[3:]),
+                                       "warmup_epochs": WARMUP_EPOCHS}, spe)
+    if not schedule.startswith("clinew"):
         raise ValueError(f"unknown schedule {schedule!r}")
+    total = int(schedule[6:])  # the command line's cosine schedule, warm-up over a tenth
+    warmup = min(spe * WARMUP_EPOCHS, total * spe // 10)
     return keras.optimizers.schedules.CosineDecay(
         lr / 10 if warmup else lr, decay_steps=total * spe - warmup, alpha=0.02,
         warmup_target=lr if warmup else None, warmup_steps=warmup)

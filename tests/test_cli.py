@@ -310,6 +310,20 @@ def test_realnvp_image_runs_record_their_couplings_and_older_runs_rebuild_theirs
     assert forms(older) == {(False, 5.0, None)}
 
 
+@pytest.mark.parametrize("epochs, warmup", [(5, 0), (40, 4), (100, 5)])
+def test_cosine_schedule_warms_up_over_a_tenth_of_the_epochs_then_decays_to_a_fiftieth(
+        epochs, warmup):
+    config = {"lr": 1e-3, "schedule": "cosine", "epochs": epochs, "warmup_epochs": 5}
+    rate = tasks.learning_rate_schedule(config, 10)
+    start = 1e-4 if warmup else 1e-3
+    assert float(rate(0)) == pytest.approx(start)
+    assert float(rate(10 * warmup)) == pytest.approx(1e-3)
+    if warmup:
+        assert float(rate(5 * warmup)) == pytest.approx(5.5e-4)  # halfway up, linearly
+    assert float(rate(10 * epochs)) == pytest.approx(2e-5)
+    assert tasks.learning_rate_schedule({**config, "schedule": "constant"}, 10) == 1e-3
+
+
 @pytest.mark.parametrize("args, message", [
     (["--dataset", "nope"], "unknown dataset 'nope'"),
     (["--dataset", "{tmp}/missing.csv"], "data file not found: {tmp}/missing.csv"),

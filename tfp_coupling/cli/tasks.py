@@ -42,7 +42,8 @@ from tfp_coupling.data import DatasetInfo
 from tfp_coupling.model import FlowModel, get_builder
 from tfp_coupling.model.export import export_flow
 
-__all__ = ["build_model", "eval_nll", "evaluate", "export", "sample", "train"]
+__all__ = ["build_model", "eval_nll", "evaluate", "export", "learning_rate_schedule", "sample",
+           "train"]
 
 
 def build_model(config: dict) -> FlowModel:
@@ -124,13 +125,22 @@ def _completed_epochs(run: RunFolder) -> int | None:
         return None
 
 
-def _optimizer(config: dict, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+def learning_rate_schedule(config: dict, steps_per_epoch: int
+                           ) -> float | keras.optimizers.schedules.LearningRateSchedule:
+    """A run's learning rate: ``config["lr"]``, or with the cosine schedule a linear rise from
+    lr / 10 over ``min(warmup_epochs, epochs // 10)`` whole epochs, then cosine decay to lr / 50
+    at the last step."""
     lr = config["lr"]
-    if config["schedule"] == "cosine":  # from lr down to lr / 50 over all epochs' steps
-        warmup = steps_per_epoch * min(config.get("warmup_epochs", 0), config["epochs"] // 10)
-        lr = keras.optimizers.schedules.CosineDecay(
-            lr / 10 if warmup else lr, decay_steps=config["epochs"] * steps_per_epoch - warmup,
-            alpha=0.02, warmup_target=lr if warmup else None, warmup_steps=warmup)
+    if config["schedule"] != "cosine":
+        return lr
+    warmup = steps_per_epoch * min(config.get("warmup_epochs", 0), config["epochs"] // 10)
+    return keras.optimizers.schedules.CosineDecay(
+        lr / 10 if warmup else lr, decay_steps=config["epochs"] * steps_per_epoch - warmup,
+        alpha=0.02, warmup_target=lr if warmup else None, warmup_steps=warmup)
+
+
+def _optimizer(config: dict, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    lr = learning_rate_schedule(config, steps_per_epoch)
     clip = config["clipnorm"] or None
     decay = config.get("weight_decay") or 0.0
     optimizer = (keras.optimizers.AdamW(lr, weight_decay=decay, global_clipnorm=clip) if decay
