@@ -44,7 +44,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 from image_fit import VARIANTS, BatchLosses
-from mnist_bits_per_dim import BUILDERS, DEFAULT_DATA
+from mnist_bits_per_dim import BUILDERS, DEFAULT_DATA, SHAPE
 
 import tfp_coupling as tc
 from tfp_coupling.cli.options import WARMUP_EPOCHS
@@ -98,7 +98,7 @@ def run(seed: int, clipnorm: float, schedule: str, epochs: int, eager: bool,
     t0 = time.time()
     model.fit(x_train[: STEPS_PER_EPOCH * BATCH], batch_size=BATCH, epochs=epochs, shuffle=True,
               callbacks=[losses, keras.callbacks.TerminateOnNaN()], verbose=0)
-    to_bpd = 1 / (784 * math.log(2))
+    to_bpd = 1 / (math.prod(SHAPE) * math.log(2))
     test = flow_bits_per_dim(model, x_test, seed=seed)
     return dict(test=test, seed=seed, clip=clipnorm, lr=schedule, norms=NormAdam.norms,
                 batches=[[b * to_bpd for b in e] for e in losses.epochs],
@@ -128,8 +128,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--clipnorm", type=float, default=1.0, help="0: no clipping")
-    parser.add_argument("--schedule", default="clinew2")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--schedule", default="cli40",
+                        help="const, warmN, cliN or clinewN (default: the command line's "
+                             "40-epoch image run)")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs to train (default 3)")
     parser.add_argument("--eager", action="store_true", help="record gradient norms")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--results", type=Path, help="JSON lines, appended")

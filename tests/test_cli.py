@@ -311,8 +311,9 @@ def test_realnvp_image_runs_record_their_couplings_and_older_runs_rebuild_theirs
 
 
 @pytest.mark.parametrize("epochs, warmup", [(5, 0), (40, 4), (100, 5)])
-def test_cosine_schedule_warms_up_over_a_tenth_of_the_epochs_then_decays_to_a_fiftieth(
+def test_cosine_schedule_warms_up_over_whole_epochs_then_decays_to_a_fiftieth(
         epochs, warmup):
+    # The warm-up: min(warmup_epochs, epochs // 10) whole epochs, none in runs under 10 epochs.
     config = {"lr": 1e-3, "schedule": "cosine", "epochs": epochs, "warmup_epochs": 5}
     rate = tasks.learning_rate_schedule(config, 10)
     start = 1e-4 if warmup else 1e-3
