@@ -43,6 +43,9 @@ Second ablation: ``default`` is ``tc.realnvp_flow`` as it was (whitened by a dat
   layers drawn at random (the log-scale columns stay 0): a random start of constant volume.
   ``x0.5`` draws them in half the range; ``tanh, random shift start`` with tanh conditioners.
 * ``realnvp_flow``: ``tc.realnvp_flow`` as it is now, which starts its shifts random itself.
+* ``realnvp_flow, fade 3`` / ``4``: ``realnvp_flow(fade_outside=B)``, each coupling fading to
+  the identity where a kept coordinate leaves ``[-B, B]``; ``table setting`` is the command
+  line's table flow (tanh, identity start), ``, fade 3`` the same with the fade.
 * ``nice``, ``nice 8``: ``tc.nice_flow`` with 4 and 8 (its default) couplings; the runs record
   the test NLL of the initialised flow as ``start``. ``, zero init`` and ``, whiten`` set
   ``nice_flow``'s ``zero_init`` and ``whiten``.
@@ -178,6 +181,16 @@ VARIANTS: dict[str, dict] = {
     # stretched by at most e per coupling instead of e^2.
     "realnvp_flow, clamp 1": {"builder": True, "shift_clamp": 5.0, "zero_init": False,
                               "log_scale_clamp": 1.0},
+    # The default whose couplings fade to the identity where a kept coordinate leaves [-B, B]
+    # (whitened units): outlying table rows keep the whitening's Gaussian tail.
+    "realnvp_flow, fade 3": {"builder": True, "shift_clamp": 5.0, "zero_init": False,
+                             "fade_outside": 3.0},
+    "realnvp_flow, fade 4": {"builder": True, "shift_clamp": 5.0, "zero_init": False,
+                             "fade_outside": 4.0},
+    # The command line's table setting (tanh, identity start), and it with the fade.
+    "table setting": {"builder": True, "shift_clamp": 5.0, "activation": "tanh"},
+    "table setting, fade 3": {"builder": True, "shift_clamp": 5.0, "activation": "tanh",
+                              "fade_outside": 3.0},
     # NICE (``tc.nice_flow``): its default 4 couplings against 8.
     "nice": {"builder": "nice", "couplings": 4},
     "nice 8": {"builder": "nice", "couplings": 8},
@@ -255,7 +268,8 @@ def build(variant: dict, dim: int) -> tc.FlowModel:
             [dim], num_couplings=couplings, hidden_units=hidden,
             activation=variant.get("activation", "relu"), mixing=variant.get("mixing"),
             shift_clamp=variant.get("shift_clamp"), zero_init=variant.get("zero_init", True),
-            log_scale_clamp=variant.get("log_scale_clamp", 2.0))
+            log_scale_clamp=variant.get("log_scale_clamp", 2.0),
+            fade_outside=variant.get("fade_outside"))
         for adjust in (_scale_first_layers, _later_activation, _random_shift):
             model = adjust(variant, model)  # each returns the model unchanged if not asked for
         return model

@@ -105,6 +105,35 @@ def test_shift_clamped_affine_coupling_harness(normalizing):
         tc.AffineCoupling(mask, bij.conditioner, shift_clamp=0.0)
 
 
+@pytest.mark.parametrize("mask", [masks.half_mask(5), masks.checkerboard_mask(4, 4, 2)],
+                         ids=["half", "checkerboard"])
+def test_faded_affine_coupling_harness(mask):
+    """``fade_outside=B``: the harness's N(0, 1) draws cross ``B = 0.8`` often, so the fade's
+    dependence on ``x_a`` is inside every log-det and round trip checked."""
+    event = list(Partition(mask).event_shape)
+    bij = make_coupling(tc.AffineCoupling, mask, normalizing=True, shift_clamp=2.0,
+                        fade_outside=0.8, scale=0.3 if len(event) == 1 else 0.1)
+    check_bijector(bij, event)
+
+
+def test_fade_leaves_the_box_unchanged_and_far_inputs_alone():
+    """Inside ``[-B, B]`` the faded coupling is the plain one; far outside, the identity."""
+    mask = masks.half_mask(5)
+    faded = make_coupling(tc.AffineCoupling, mask, fade_outside=2.0, scale=1.0)
+    plain = tc.AffineCoupling(mask, faded.conditioner, dtype=tf.float64)
+    rng = np.random.default_rng(0)
+    inside = np.concatenate([rng.uniform(-2, 2, [16, 2]), rng.normal(size=[16, 3])], axis=1)
+    np.testing.assert_allclose(faded.forward(inside), plain.forward(inside), atol=1e-12)
+    far = inside.copy()
+    far[:, 0] = 8.0  # one kept coordinate 6 beyond the box: weight exp(-36)
+    moved = np.abs(plain.forward(far).numpy() - far).max()
+    assert moved > 0.1  # the conditioner does act there ...
+    np.testing.assert_allclose(faded.forward(far), far, atol=1e-12)  # ... the fade undoes it
+    np.testing.assert_allclose(faded.forward_log_det_jacobian(far, 1), 0.0, atol=1e-12)
+    with pytest.raises(ValueError, match="fade_outside must be positive"):
+        tc.AffineCoupling(mask, faded.conditioner, fade_outside=0.0)
+
+
 @pytest.mark.parametrize("event_shape", [[5], [4, 4, 2]])
 def test_rescaling_harness(event_shape):
     check_bijector(make_rescaling(event_shape), event_shape)

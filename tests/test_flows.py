@@ -58,6 +58,14 @@ def test_flow_harness_lu_mixing(event_shape):
     check_flow(model, batch_shapes=((), (2, 3)))
 
 
+def test_flow_harness_fade_outside():
+    """``realnvp_flow(fade_outside=0.5)``: the harness's draws cross the box in every coupling."""
+    model = small_flow("realnvp", [5], num_couplings=3, fade_outside=0.5)
+    couplings = [b for b in model.bijector.bijectors if isinstance(b, tc.AffineCoupling)]
+    assert [b.fade_outside for b in couplings] == [0.5] * 3
+    check_flow(model, batch_shapes=((), (2, 3)))
+
+
 def test_lu_mixing_starts_as_the_flow_without_it_and_refuses_images():
     """At its identity start the mixing changes nothing; moved, it changes the density."""
     x = tc.data.two_moons(64, seed=0)

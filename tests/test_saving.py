@@ -18,6 +18,9 @@ BUILDERS = {
     "realnvp": lambda: tc.realnvp_flow(event_shape=[2], num_couplings=2, hidden_units=[16]),
     "realnvp_lu": lambda: tc.realnvp_flow(event_shape=[2], num_couplings=2, hidden_units=[16],
                                           mixing="lu"),
+    # A fade inside the data's range, so that a load that lost it would change log_prob.
+    "realnvp_fade": lambda: tc.realnvp_flow(event_shape=[2], num_couplings=2, hidden_units=[16],
+                                            fade_outside=1.0),
 }
 
 

@@ -61,6 +61,13 @@ class Coupling(FlowBijector):
     conditional link) and through ``TransformedDistribution.log_prob(x,
     bijector_kwargs={"context": c})``.
 
+    **Fading to the identity** (``fade_outside=B``): the raw conditioner outputs are multiplied
+    by ``w(x_a) = exp(-sum_i relu(|x_a,i| - B)^2)``, which is 1 while every kept coordinate is
+    within ``[-B, B]`` and falls to 0 beyond: a coupling whose raw parameters 0 are the
+    identity (additive, affine) then leaves inputs far outside the box alone, instead of
+    applying what its conditioner extrapolates there. ``w`` depends on ``x_a`` only, so the
+    map stays a coupling with the same inverse and log-det formulas.
+
     Subclasses set ``num_params`` and implement ``_transform``, ``_inverse_transform`` and
     ``_log_det`` on the parameters; everything else (split, merge, the conditioner call, checks)
     lives here.
@@ -74,12 +81,16 @@ class Coupling(FlowBijector):
         conditioner: Conditioner,
         *,
         context_shape: Sequence[int] | None = None,
+        fade_outside: float | None = None,
         dtype: tf.DType | str = tf.float32,
         is_constant_jacobian: bool = False,
         validate_args: bool = False,
         parameters: dict | None = None,
         name: str = "coupling",
     ) -> None:
+        if fade_outside is not None and not fade_outside > 0:
+            raise ValueError(f"fade_outside must be positive or None, got {fade_outside}")
+        self.fade_outside = fade_outside
         if context_shape is not None:
             context_shape = tuple(int(d) for d in context_shape)
             if len(context_shape) != 1 or context_shape[0] < 1:
@@ -186,7 +197,17 @@ class Coupling(FlowBijector):
                 batch = tf.shape(x_a)[:-a_rank] if flat else batch_shape
                 p = tf.reshape(p, tf.concat([batch, b_shape], axis=0))
             params.append(p)
+        if self.fade_outside is not None:
+            params = self._fade(x_a, params)
         return [self.partition.mask_params(p) for p in self._constrain(params)]
+
+    def _fade(self, x_a: tf.Tensor, params: list[tf.Tensor]) -> list[tf.Tensor]:
+        """``params * exp(-sum relu(|x_a| - B)^2)``, the sum over the kept part's event axes."""
+        a_rank, b_rank = len(self.partition.a_shape), len(self.partition.b_shape)
+        excess = tf.nn.relu(tf.abs(x_a) - tf.constant(self.fade_outside, x_a.dtype))
+        weight = tf.exp(-tf.reduce_sum(tf.square(excess), axis=list(range(-a_rank, 0))))
+        weight = weight[(...,) + (None,) * b_rank]
+        return [p * weight for p in params]
 
     def _constrain(self, params: list[tf.Tensor]) -> list[tf.Tensor]:
         """Maps raw conditioner outputs to transform parameters (identity by default)."""
@@ -344,6 +365,8 @@ class AffineCoupling(Coupling):
         log_scale_clamp: ``c`` above (default 5.0); ``None`` disables the clamp.
         shift_clamp: ``k`` above (default ``None``: the shift is not bounded).
         normalizing: write the map in the data -> latent direction (above).
+        fade_outside: ``B``: the coupling fades to the identity where a kept coordinate leaves
+            ``[-B, B]`` (see :class:`Coupling`); default ``None``, no fading.
         context_shape: ``[c]`` for a conditional coupling (see :class:`Coupling`).
         dtype: float dtype of the flow.
         validate_args: also check event shapes known only at run time.
@@ -373,6 +396,7 @@ class AffineCoupling(Coupling):
         log_scale_clamp: float | None = 5.0,
         shift_clamp: float | None = None,
         normalizing: bool = False,
+        fade_outside: float | None = None,
         context_shape: Sequence[int] | None = None,
         dtype: tf.DType | str = tf.float32,
         validate_args: bool = False,
@@ -386,8 +410,8 @@ class AffineCoupling(Coupling):
         self.shift_clamp = shift_clamp
         self.normalizing = bool(normalizing)
         super().__init__(
-            mask, shift_and_log_scale_fn, context_shape=context_shape, dtype=dtype,
-            is_constant_jacobian=False,
+            mask, shift_and_log_scale_fn, context_shape=context_shape,
+            fade_outside=fade_outside, dtype=dtype, is_constant_jacobian=False,
             validate_args=validate_args, parameters=parameters, name=name,
         )
 
