@@ -105,14 +105,16 @@ def test_shift_clamped_affine_coupling_harness(normalizing):
         tc.AffineCoupling(mask, bij.conditioner, shift_clamp=0.0)
 
 
+@pytest.mark.parametrize("cls", COUPLINGS, ids=lambda c: c.__name__)
 @pytest.mark.parametrize("mask", [masks.half_mask(5), masks.checkerboard_mask(4, 4, 2)],
                          ids=["half", "checkerboard"])
-def test_faded_affine_coupling_harness(mask):
+def test_faded_coupling_harness(cls, mask):
     """``fade_outside=B``: the harness's N(0, 1) draws cross ``B = 0.8`` often, so the fade's
     dependence on ``x_a`` is inside every log-det and round trip checked."""
     event = list(Partition(mask).event_shape)
-    bij = make_coupling(tc.AffineCoupling, mask, normalizing=True, shift_clamp=2.0,
-                        fade_outside=0.8, scale=0.3 if len(event) == 1 else 0.1)
+    kwargs = {"normalizing": True, "shift_clamp": 2.0} if cls is tc.AffineCoupling else {}
+    bij = make_coupling(cls, mask, fade_outside=0.8, scale=0.3 if len(event) == 1 else 0.1,
+                        **kwargs)
     check_bijector(bij, event)
 
 

@@ -64,7 +64,8 @@ class Coupling(FlowBijector):
     **Fading to the identity** (``fade_outside=B``): the raw conditioner outputs are multiplied
     by ``w(x_a) = exp(-sum_i relu(|x_a,i| - B)^2)``, which is 1 while every kept coordinate is
     within ``[-B, B]`` and falls to 0 beyond: a coupling whose raw parameters 0 are the
-    identity (additive, affine) then leaves inputs far outside the box alone, instead of
+    identity (:class:`AdditiveCoupling`, :class:`AffineCoupling`; not a spline's) then leaves
+    inputs far outside the box alone, instead of
     applying what its conditioner extrapolates there. ``w`` depends on ``x_a`` only, so the
     map stays a coupling with the same inverse and log-det formulas.
 
@@ -279,6 +280,8 @@ class AdditiveCoupling(Coupling):
         mask: boolean array over the event; ``True`` marks the kept part ``x_a``.
         shift_fn: conditioner ``m``, ``[N, *a_shape] -> [N, *b_shape]`` (a Keras layer such as
             ``tfp_coupling.nets.MLP``, or any callable).
+        fade_outside: ``B``: the coupling fades to the identity where a kept coordinate leaves
+            ``[-B, B]`` (see :class:`Coupling`); default ``None``, no fading.
         context_shape: ``[c]`` for a conditional coupling (see :class:`Coupling`).
         dtype: float dtype of the flow (inputs, outputs and log-det).
         validate_args: also check event shapes known only at run time.
@@ -303,14 +306,16 @@ class AdditiveCoupling(Coupling):
         mask,
         shift_fn: Conditioner,
         *,
+        fade_outside: float | None = None,
         context_shape: Sequence[int] | None = None,
         dtype: tf.DType | str = tf.float32,
         validate_args: bool = False,
         name: str = "additive_coupling",
     ) -> None:
         super().__init__(
-            mask, shift_fn, context_shape=context_shape, dtype=dtype, is_constant_jacobian=False,
-            validate_args=validate_args, parameters=dict(locals()), name=name,
+            mask, shift_fn, context_shape=context_shape, fade_outside=fade_outside, dtype=dtype,
+            is_constant_jacobian=False, validate_args=validate_args, parameters=dict(locals()),
+            name=name,
         )
 
     def _transform(self, x_b, params):
