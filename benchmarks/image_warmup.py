@@ -78,11 +78,11 @@ def learning_rate(schedule: str, lr: float = 1e-3):
                                        "warmup_epochs": WARMUP_EPOCHS}, spe)
     if not schedule.startswith("clinew"):
         raise ValueError(f"unknown schedule {schedule!r}")
-    total = int(schedule[6:])  # the command line's cosine schedule, warm-up over a tenth
-    warmup = min(spe * WARMUP_EPOCHS, total * spe // 10)
-    return keras.optimizers.schedules.CosineDecay(
-        lr / 10 if warmup else lr, decay_steps=total * spe - warmup, alpha=0.02,
-        warmup_target=lr if warmup else None, warmup_steps=warmup)
+    # The command line's schedule counted in steps instead of epochs: its warm-up of
+    # min(warmup_epochs, epochs // 10) "epochs" is then min(5 epochs, a tenth of the steps).
+    steps = int(schedule[6:]) * spe
+    return learning_rate_schedule({"lr": lr, "schedule": "cosine", "epochs": steps,
+                                   "warmup_epochs": WARMUP_EPOCHS * spe}, 1)
 
 
 def run(seed: int, clipnorm: float, schedule: str, epochs: int, eager: bool,

@@ -118,11 +118,12 @@ def test_faded_coupling_harness(cls, mask):
     check_bijector(bij, event)
 
 
-def test_fade_leaves_the_box_unchanged_and_far_inputs_alone():
+@pytest.mark.parametrize("cls", COUPLINGS, ids=lambda c: c.__name__)
+def test_fade_leaves_the_box_unchanged_and_far_inputs_alone(cls):
     """Inside ``[-B, B]`` the faded coupling is the plain one; far outside, the identity."""
     mask = masks.half_mask(5)
-    faded = make_coupling(tc.AffineCoupling, mask, fade_outside=2.0, scale=1.0)
-    plain = tc.AffineCoupling(mask, faded.conditioner, dtype=tf.float64)
+    faded = make_coupling(cls, mask, fade_outside=2.0, scale=1.0)
+    plain = cls(mask, faded.conditioner, dtype=tf.float64)
     rng = np.random.default_rng(0)
     inside = np.concatenate([rng.uniform(-2, 2, [16, 2]), rng.normal(size=[16, 3])], axis=1)
     np.testing.assert_allclose(faded.forward(inside), plain.forward(inside), atol=1e-12)
@@ -133,7 +134,7 @@ def test_fade_leaves_the_box_unchanged_and_far_inputs_alone():
     np.testing.assert_allclose(faded.forward(far), far, atol=1e-12)  # ... the fade undoes it
     np.testing.assert_allclose(faded.forward_log_det_jacobian(far, 1), 0.0, atol=1e-12)
     with pytest.raises(ValueError, match="fade_outside must be positive"):
-        tc.AffineCoupling(mask, faded.conditioner, fade_outside=0.0)
+        cls(mask, faded.conditioner, fade_outside=0.0)
 
 
 @pytest.mark.parametrize("event_shape", [[5], [4, 4, 2]])
