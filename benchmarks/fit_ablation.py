@@ -46,6 +46,8 @@ Second ablation: ``default`` is ``tc.realnvp_flow`` as it was (whitened by a dat
 * ``realnvp_flow, fade 3`` / ``4``: ``realnvp_flow(fade_outside=B)``, each coupling fading to
   the identity where a kept coordinate leaves ``[-B, B]``; ``table setting`` is the command
   line's table flow (tanh, identity start), ``, fade 3`` the same with the fade.
+* ``realnvp_flow, dropout 0.1`` / ``0.3``, ``table setting, dropout 0.3``: dropout at that
+  rate after every conditioner hidden layer, in training only (``realnvp_flow(dropout=...)``).
 * ``nice``, ``nice 8``: ``tc.nice_flow`` with 4 and 8 (its default) couplings; the runs record
   the test NLL of the initialised flow as ``start``. ``, zero init`` and ``, whiten`` set
   ``nice_flow``'s ``zero_init`` and ``whiten``.
@@ -191,6 +193,13 @@ VARIANTS: dict[str, dict] = {
     "table setting": {"builder": True, "shift_clamp": 5.0, "activation": "tanh"},
     "table setting, fade 3": {"builder": True, "shift_clamp": 5.0, "activation": "tanh",
                               "fade_outside": 3.0},
+    # Dropout in the conditioners' hidden layers (training only): a regulariser for tables.
+    "realnvp_flow, dropout 0.1": {"builder": True, "shift_clamp": 5.0, "zero_init": False,
+                                  "dropout": 0.1},
+    "realnvp_flow, dropout 0.3": {"builder": True, "shift_clamp": 5.0, "zero_init": False,
+                                  "dropout": 0.3},
+    "table setting, dropout 0.3": {"builder": True, "shift_clamp": 5.0, "activation": "tanh",
+                                   "dropout": 0.3},
     # NICE (``tc.nice_flow``): its default 4 couplings against 8.
     "nice": {"builder": "nice", "couplings": 4},
     "nice 8": {"builder": "nice", "couplings": 8},
@@ -269,7 +278,7 @@ def build(variant: dict, dim: int) -> tc.FlowModel:
             activation=variant.get("activation", "relu"), mixing=variant.get("mixing"),
             shift_clamp=variant.get("shift_clamp"), zero_init=variant.get("zero_init", True),
             log_scale_clamp=variant.get("log_scale_clamp", 2.0),
-            fade_outside=variant.get("fade_outside"))
+            fade_outside=variant.get("fade_outside"), dropout=variant.get("dropout", 0.0))
         for adjust in (_scale_first_layers, _later_activation, _random_shift):
             model = adjust(variant, model)  # each returns the model unchanged if not asked for
         return model

@@ -254,6 +254,24 @@ def test_lu_mixing_run_is_recorded_rebuilt_and_kept_on_resume(tmp_path, capsys):
     assert json.loads((folder / "metrics.json").read_text())["history"]["epoch"] == [1, 2]
 
 
+def test_dropout_run_is_recorded_rebuilt_and_kept_on_resume(tmp_path, capsys):
+    assert _train(tmp_path, "d", "--model", "nice", "--dropout", "0.2", "--epochs", "1") == 0
+    folder = tmp_path / "d"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["dropout"] == 0.2
+
+    def rates(config: dict) -> set[float]:
+        return {layer.dropout for layer in tasks.build_model(config).flow_layers
+                if isinstance(layer, tc.nets.MLP)}
+
+    assert rates(config) == {0.2}
+    assert rates({k: v for k, v in config.items() if k != "dropout"}) == {0.0}  # older runs
+    assert cli.main(["train", "--resume", str(folder), "--dropout", "0", "--epochs", "2"]) == 1
+    assert "cannot change --dropout" in _error_line(capsys)
+    assert cli.main(["train", "--resume", str(folder), "--epochs", "2", "--quiet"]) == 0
+    assert json.loads((folder / "metrics.json").read_text())["history"]["epoch"] == [1, 2]
+
+
 @needs_mnist
 def test_mnist_offline_run_reports_bits_per_dim(tmp_path, capsys):
     from tfp_coupling import data
@@ -336,6 +354,10 @@ def test_cosine_schedule_warms_up_over_whole_epochs_then_decays_to_a_fiftieth(
     (["--model", "realnvp-image", "--activation", "tanh"], "realnvp-image has convolutional"),
     (["--model", "glow"], "unknown model 'glow'"),
     (["--model", "nice", "--mixing", "lu"], "nice has no such option"),
+    (["--dropout", "1"], "--dropout must be in [0, 1), got 1.0"),
+    (["--dropout", "nan"], "--dropout must be in [0, 1), got nan"),
+    (["--model", "nice-image", "--dropout", "0.1"], "nice-image has convolutional"),
+    (["--dropout", "0.1", "--invertible-backprop"], "do not combine"),
 ])
 def test_bad_input_gives_one_line_and_no_run_folder(tmp_path, capsys, args, message):
     (tmp_path / "nan.csv").write_text("a,b\n" + "1,2\n" * 2 + "3,nan\n" + "4,5\n" * 20)

@@ -163,6 +163,20 @@ def test_export_image_event_shape(tmp_path, rng):
     _check_in_process(model, tmp_path / "image_flow", rng)
 
 
+def test_export_of_a_flow_trained_with_dropout_is_deterministic(tmp_path, rng):
+    """The endpoints run the conditioners outside training: no dropout mask, the same numbers
+    on every call, equal to the model's."""
+    keras.utils.set_random_seed(2)
+    model = tc.nice_flow(event_shape=[3], num_couplings=2, hidden_units=[16], dropout=0.5)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    model.fit(rng.normal(size=(256, 3)).astype("float32"), batch_size=64, epochs=1, verbose=0)
+    _perturb(model, seed=5, scale=0.1)
+    model.export(tmp_path / "dropout")
+    _check_in_process(model, tmp_path / "dropout", rng)
+    loaded, x = tf.saved_model.load(str(tmp_path / "dropout")), model.sample(5, seed=1)
+    np.testing.assert_array_equal(loaded.log_prob(x).numpy(), loaded.log_prob(x).numpy())
+
+
 @pytest.fixture
 def mixed_float16():
     keras.config.set_dtype_policy("mixed_float16")

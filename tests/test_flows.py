@@ -66,6 +66,37 @@ def test_flow_harness_fade_outside():
     check_flow(model, batch_shapes=((), (2, 3)))
 
 
+@pytest.mark.parametrize("builder", list(BUILDERS))
+def test_flow_harness_dropout(builder):
+    """With dropout the flow outside training is one fixed bijection: the whole harness holds."""
+    model = small_flow(builder, [5], dropout=0.5)
+    assert {layer.dropout for layer in model.flow_layers
+            if isinstance(layer, tc.nets.MLP)} == {0.5}
+    check_flow(model, batch_shapes=((), (2, 3)))
+
+
+def test_fit_draws_dropout_masks_and_evaluate_does_not():
+    """At learning rate 0 the weights stay put: the epoch means of ``fit`` differ from
+    ``evaluate`` (and from each other) only by the dropout masks, which ``evaluate`` (like
+    ``log_prob``) does not draw. The same run without dropout matches ``evaluate``."""
+    x = tc.data.two_moons(512, seed=0)
+    for rate in (0.5, 0.0):
+        keras.utils.set_random_seed(0)
+        model = tc.realnvp_flow([2], num_couplings=2, hidden_units=[32], dropout=rate)
+        model.compile(keras.optimizers.Adam(0.0))
+        nll = model.fit(x, batch_size=128, epochs=2, verbose=0).history["nll"]
+        evaluated = model.evaluate(x, verbose=0, return_dict=True)["nll"]
+        np.testing.assert_allclose(evaluated, -np.mean(model.log_prob(x)), rtol=1e-5)
+        if rate:
+            assert abs(nll[0] - evaluated) > 1e-3 and abs(nll[0] - nll[1]) > 1e-4, nll
+        else:
+            np.testing.assert_allclose(nll, [evaluated] * 2, rtol=1e-5)
+    model = tc.realnvp_flow([2], num_couplings=2, hidden_units=[8], dropout=0.1)
+    model.compile(invertible_backprop=True)
+    with pytest.raises(ValueError, match="another dropout mask"):
+        model.fit(x, epochs=1, verbose=0)
+
+
 def test_lu_mixing_starts_as_the_flow_without_it_and_refuses_images():
     """At its identity start the mixing changes nothing; moved, it changes the density."""
     x = tc.data.two_moons(64, seed=0)

@@ -99,3 +99,21 @@ def test_image_flow_scales_its_blocks_and_old_configs_do_not():
     old = type(model).from_config({"name": "old", "flow_config": config})
     assert not any(layer.scale_residuals for layer in old.flow_layers
                    if isinstance(layer, tc.nets.ResNet))
+
+
+def test_mlp_dropout_acts_in_training_only():
+    """Outside training the conditioner is one fixed function (a coupling stays one bijection);
+    in training each call draws a new mask."""
+    keras.utils.set_random_seed(0)
+    net = tc.nets.MLP([32, 32], output_shape=[4], zero_init=False, dropout=0.5)
+    x = np.random.default_rng(0).normal(size=(16, 3)).astype("float32")
+    plain = np.asarray(net(x))
+    np.testing.assert_array_equal(np.asarray(net(x)), plain)
+    np.testing.assert_array_equal(np.asarray(net(x, training=False)), plain)
+    first, second = np.asarray(net(x, training=True)), np.asarray(net(x, training=True))
+    assert np.abs(first - plain).max() > 1e-2 and np.abs(first - second).max() > 1e-2
+    assert len(net.drop) == 2 and not tc.nets.MLP([8], output_shape=[2]).drop
+    assert tc.nets.MLP.from_config(net.get_config()).dropout == 0.5
+    for rate in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="dropout must be in \\[0, 1\\)"):
+            tc.nets.MLP([8], output_shape=[2], dropout=rate)

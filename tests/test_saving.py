@@ -21,6 +21,10 @@ BUILDERS = {
     # A fade inside the data's range, so that a load that lost it would change log_prob.
     "realnvp_fade": lambda: tc.realnvp_flow(event_shape=[2], num_couplings=2, hidden_units=[16],
                                             fade_outside=1.0),
+    # Dropout draws its masks from a seed generator: one more epoch after a load repeats them
+    # only if its state is saved too.
+    "realnvp_dropout": lambda: tc.realnvp_flow(event_shape=[2], num_couplings=2,
+                                               hidden_units=[16], dropout=0.2),
 }
 
 
@@ -66,26 +70,29 @@ class _Interrupt(keras.callbacks.Callback):
             raise KeyboardInterrupt(f"interrupted after epoch {epoch + 1}")
 
 
-def _fresh_model() -> tc.FlowModel:
+def _fresh_model(dropout: float = 0.0) -> tc.FlowModel:
     keras.utils.set_random_seed(7)  # the same initial weights each time
-    model = tc.realnvp_flow(event_shape=[2], num_couplings=2, hidden_units=[16])
+    model = tc.realnvp_flow(event_shape=[2], num_couplings=2, hidden_units=[16], dropout=dropout)
     model.compile(optimizer=keras.optimizers.Adam(1e-2))
     return model
 
 
-def test_backup_and_restore_resumes_an_interrupted_fit(tmp_path):
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_backup_and_restore_resumes_an_interrupted_fit(tmp_path, dropout):
+    """The resumed fit repeats the uninterrupted one; with dropout only if the masks' random
+    state was restored too."""
     x = tc.data.two_moons(512, seed=0)
     fit = dict(batch_size=128, epochs=4, shuffle=False, verbose=0)
 
-    reference = _fresh_model()
+    reference = _fresh_model(dropout)
     ref_history = reference.fit(x, **fit).history
 
     backup = str(tmp_path / "backup")
-    first = _fresh_model()
+    first = _fresh_model(dropout)
     with pytest.raises(KeyboardInterrupt):
         first.fit(x, callbacks=[keras.callbacks.BackupAndRestore(backup), _Interrupt(at=1)],
                   **fit)
-    resumed = _fresh_model()  # a new process would start like this
+    resumed = _fresh_model(dropout)  # a new process would start like this
     history = resumed.fit(x, callbacks=[keras.callbacks.BackupAndRestore(backup)], **fit).history
 
     assert len(history["loss"]) == 2  # epochs 3 and 4 only: epochs 1-2 were restored

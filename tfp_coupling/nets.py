@@ -51,6 +51,10 @@ class MLP(keras.layers.Layer):
             output's last axis start like the hidden layers all the same (the rest at zero).
             An affine coupling's shifts come first: passing their number starts the coupling
             at a random shift with log-scale 0, a map of constant volume.
+        dropout: rate of a ``Dropout`` after every hidden layer, active only in training
+            (``model.fit``), so ``log_prob``, ``sample`` and the exported flow stay
+            deterministic. A coupling is a bijection for every dropout draw; in training each
+            step sees one random conditioner. A regulariser for small tables.
         **kwargs: passed to ``keras.layers.Layer`` (``name``, ``dtype`` policy).
 
     Example:
@@ -69,6 +73,7 @@ class MLP(keras.layers.Layer):
         activation: str = "relu",
         zero_init: bool = True,
         random_outputs: int = 0,
+        dropout: float = 0.0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -79,6 +84,9 @@ class MLP(keras.layers.Layer):
         self.activation = activation
         self.zero_init = bool(zero_init)
         self.random_outputs = int(random_outputs)
+        self.dropout = float(dropout)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if any(u < 1 for u in self.hidden_units) or any(d < 1 for d in self.output_shape_):
             raise ValueError(f"hidden_units and output_shape must be positive, got "
                              f"{self.hidden_units} and {list(self.output_shape_)}")
@@ -91,6 +99,8 @@ class MLP(keras.layers.Layer):
                                kernel_initializer=_fan_in_uniform(), name=f"hidden_{i}")
             for i, u in enumerate(self.hidden_units)
         ]
+        self.drop = [_Dropout(self.dropout, dtype=self.dtype_policy, name=f"dropout_{i}")
+                     for i in range(len(self.hidden_units) if self.dropout else 0)]
         self.out = keras.layers.Dense(
             math.prod(self.output_shape_),
             kernel_initializer="zeros" if self.zero_init else _fan_in_uniform(),
@@ -124,10 +134,12 @@ class MLP(keras.layers.Layer):
             drawn = keras.random.uniform(weight.shape, -limit, limit, dtype=weight.dtype)
             weight.assign(keras.ops.where(leading, drawn, keras.ops.zeros_like(drawn)))
 
-    def call(self, inputs):
+    def call(self, inputs, training=None):
         h = self.flatten(inputs)
-        for layer in self.hidden:
+        for i, layer in enumerate(self.hidden):
             h = layer(h)
+            if self.drop:
+                h = self.drop[i](h, training=training)
         return self.reshape(self.out(h))
 
     def compute_output_shape(self, input_shape):
@@ -141,7 +153,23 @@ class MLP(keras.layers.Layer):
             "activation": self.activation,
             "zero_init": self.zero_init,
             "random_outputs": self.random_outputs,
+            "dropout": self.dropout,
         }
+
+
+class _Dropout(keras.layers.Dropout):
+    """``keras.layers.Dropout`` whose random state is saved with the model's weights.
+
+    Keras saves no seed-generator state, so a fit resumed from a ``.keras`` file or a
+    checkpoint would draw other dropout masks than the uninterrupted fit.
+    """
+
+    def save_own_variables(self, store) -> None:
+        store["0"] = keras.ops.convert_to_numpy(self.seed_generator.state)
+
+    def load_own_variables(self, store) -> None:
+        if "0" in store:  # weights saved before the state was
+            self.seed_generator.state.assign(store["0"])
 
 
 @keras.saving.register_keras_serializable(package="tfp_coupling")

@@ -87,6 +87,7 @@ def _resumed_run(args: argparse.Namespace, given: set[str]) -> tuple[RunFolder, 
         args.dataset = str(Path(args.dataset).expanduser().resolve())
     if config["model"] in VECTOR_MODELS:  # runs written before --activation trained ReLU
         config.setdefault("activation", "relu")
+    config.setdefault("dropout", 0.0)  # runs written before --dropout had none
     args.mixing = mixing_setting(args.mixing)  # "none" is recorded as None
     changed = [k for k in RUN_SETTINGS if k in given and k != "hidden"
                and config.get(k) != getattr(args, k)]

@@ -34,6 +34,7 @@ DEFAULTS: dict[str, Any] = {
     "invertible_backprop": False,  # memory-saving gradients; a training mode, not the model
     "activation": None,  # the vector conditioners' hidden units: relu, or tanh on tables
     "mixing": None,  # realnvp: "lu" puts a learned linear map between every two couplings
+    "dropout": 0.0,  # realnvp/nice: dropout after the conditioners' hidden layers, in training
     "context_columns": None,  # a table's columns as the context c of p(x | c)
     "conditional": False,  # images: the one-hot class label as the context
 }
@@ -60,7 +61,8 @@ REALNVP_IMAGE_COUPLINGS = {"normalizing": True, "log_scale_clamp": 2.0, "shift_c
 # at full rate from the first step a new flow's first epochs are its least stable.
 WARMUP_EPOCHS = 5
 # Settings that define a run: --resume refuses to change them.
-RUN_SETTINGS = ("model", "dataset", "couplings", "hidden", "activation", "mixing", "batch_size",
+RUN_SETTINGS = ("model", "dataset", "couplings", "hidden", "activation", "mixing", "dropout",
+                "batch_size",
                 "lr", "schedule", "clipnorm", "weight_decay", "seed", "data_dir",
                 "mixed_precision")
 MIXINGS = ("none", "lu")
@@ -133,6 +135,14 @@ def new_config(args: argparse.Namespace) -> dict:
     if args.mixing == "lu" and args.model != "realnvp":
         raise CLIError(f"--mixing lu mixes the coordinates between realnvp's couplings; "
                        f"{args.model} has no such option")
+    if not 0.0 <= args.dropout < 1.0:
+        raise CLIError(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.dropout and args.model in IMAGE_MODELS:
+        raise CLIError(f"--dropout sets the MLP conditioners of realnvp and nice; "
+                       f"{args.model} has convolutional ones")
+    if args.dropout and args.invertible_backprop:
+        raise CLIError("--dropout and --invertible-backprop do not combine: the backward pass "
+                       "recomputes each conditioner, which would draw another dropout mask")
     check_patience(args.patience)
     hidden = parse_hidden(args.hidden)
     return {
@@ -155,6 +165,7 @@ def new_config(args: argparse.Namespace) -> dict:
         "invertible_backprop": bool(args.invertible_backprop),
         "activation": None if args.model in IMAGE_MODELS else args.activation or "relu",
         "mixing": mixing_setting(args.mixing),
+        "dropout": args.dropout,
         "mixed_precision": args.mixed_precision,
         # Keras' version from its package metadata: importing Keras imports TensorFlow.
         "versions": {"tfp_coupling": __version__,

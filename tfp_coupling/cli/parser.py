@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mixing", choices=MIXINGS,
                    help="realnvp: 'lu' puts a learned invertible linear map (LULinear, identity "
                         "at the start) between every two couplings (default none)")
+    t.add_argument("--dropout", type=float,
+                   help="realnvp/nice: dropout rate after every conditioner hidden layer, in "
+                        "training only (default 0); a regulariser for small tables")
     t.add_argument("--epochs", type=int, help="epochs (default 100; image models 40)")
     t.add_argument("--batch-size", type=int, help=f"batch size (default "
                                                   f"{DEFAULTS['batch_size']})")

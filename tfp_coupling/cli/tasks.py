@@ -60,14 +60,15 @@ def build_model(config: dict) -> FlowModel:
         return nice_flow([config["event_size"]], num_couplings=couplings, hidden_units=hidden,
                          zero_init=bool(config.get("flatten")),
                          whiten=bool(config.get("whiten", False)), activation=activation,
-                         **context)
+                         dropout=config.get("dropout", 0.0), **context)
     if config["model"] == "realnvp":
         # Runs written before the shift was bounded have no "shift_clamp" key: unbounded. Those
         # written before the random shift start rebuild with it (their weights are restored).
         return realnvp_flow([config["event_size"]], num_couplings=couplings,
                             hidden_units=hidden, activation=activation,
                             mixing=config.get("mixing"), shift_clamp=config.get("shift_clamp"),
-                            zero_init=bool(config.get("zero_init", False)), **context)
+                            zero_init=bool(config.get("zero_init", False)),
+                            dropout=config.get("dropout", 0.0), **context)
     builder = get_builder(IMAGE_MODELS[config["model"]])
     if config["model"] == "realnvp-image":  # multi-scale, conv conditioners
         # Runs written before the blocks were scaled, or before the couplings took the vector

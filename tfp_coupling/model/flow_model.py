@@ -410,6 +410,12 @@ class FlowModel(keras.Model):
         512 for images; see :func:`tfp_coupling.initialize_from_data`).
         """
         inputs.check_data(x, self.event_shape, self.name, "x")
+        if self.invertible_backprop and any(
+                getattr(layer, "dropout", 0) for layer in self._flatten_layers()):
+            raise ValueError(f"{self.name}: invertible_backprop recomputes every conditioner in "
+                             f"the backward pass, which would draw another dropout mask than "
+                             f"the forward pass: build the flow with dropout=0, or compile "
+                             f"with invertible_backprop=False")
         x, y = self._split_pairs(x, y)
         if self.is_conditional:
             inputs.check_data(y, self.context_shape, self.name, "context (y)")
