@@ -254,6 +254,43 @@ def test_lu_mixing_run_is_recorded_rebuilt_and_kept_on_resume(tmp_path, capsys):
     assert json.loads((folder / "metrics.json").read_text())["history"]["epoch"] == [1, 2]
 
 
+def test_start_is_chosen_by_the_data_or_by_the_flag_and_kept_on_resume(tmp_path, capsys):
+    """Random shifts on 2-D data, the identity on tables; ``--start`` overrides both."""
+    table = tmp_path / "t.npy"
+    np.save(table, np.random.default_rng(0).normal(size=(200, 3)))
+    runs = {"moons": [], "moons-identity": ["--start", "identity"],
+            "nice-identity": ["--model", "nice", "--start", "identity"],
+            "table": ["--dataset", str(table)], "table-random": ["--dataset", str(table),
+                                                                 "--start", "random"]}
+    for name, extra in runs.items():
+        assert _train(tmp_path, name, "--epochs", "1", *extra) == 0
+    configs = {name: json.loads((tmp_path / name / "config.json").read_text()) for name in runs}
+    assert {name: c["zero_init"] for name, c in configs.items()} == {
+        "moons": False, "moons-identity": True, "nice-identity": True, "table": True,
+        "table-random": False}
+
+    def random_outputs(config: dict) -> set[bool]:
+        """Whether each conditioner's output layer starts with any non-zero weight."""
+        keras.utils.set_random_seed(0)
+        model = tasks.build_model(config)
+        model(np.zeros((1, config["event_size"]), "float32"))
+        return {bool(np.any(layer.out.kernel.numpy())) for layer in model.flow_layers
+                if isinstance(layer, tc.nets.MLP)}
+
+    assert random_outputs(configs["moons"]) == {True}
+    assert random_outputs(configs["moons-identity"]) == random_outputs(
+        configs["nice-identity"]) == {False}
+    # Runs written before the key: NICE random unless on flattened pixels, RealNVP random.
+    old = {k: v for k, v in configs["nice-identity"].items() if k != "zero_init"}
+    assert random_outputs(old) == {True}
+    assert random_outputs({**old, "flatten": True}) == {False}
+    folder = str(tmp_path / "table")
+    assert cli.main(["train", "--resume", folder, "--start", "random", "--epochs", "2"]) == 1
+    assert "cannot change --start" in _error_line(capsys)
+    assert cli.main(["train", "--resume", folder, "--start", "identity", "--epochs", "2",
+                     "--quiet"]) == 0
+
+
 def test_dropout_run_is_recorded_rebuilt_and_kept_on_resume(tmp_path, capsys):
     assert _train(tmp_path, "d", "--model", "nice", "--dropout", "0.2", "--epochs", "1") == 0
     folder = tmp_path / "d"
@@ -358,6 +395,7 @@ def test_cosine_schedule_warms_up_over_whole_epochs_then_decays_to_a_fiftieth(
     (["--dropout", "nan"], "--dropout must be in [0, 1), got nan"),
     (["--model", "nice-image", "--dropout", "0.1"], "nice-image has convolutional"),
     (["--dropout", "0.1", "--invertible-backprop"], "do not combine"),
+    (["--model", "realnvp-image", "--start", "random"], "realnvp-image starts at the identity"),
 ])
 def test_bad_input_gives_one_line_and_no_run_folder(tmp_path, capsys, args, message):
     (tmp_path / "nan.csv").write_text("a,b\n" + "1,2\n" * 2 + "3,nan\n" + "4,5\n" * 20)

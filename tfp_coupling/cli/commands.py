@@ -29,6 +29,7 @@ from tfp_coupling.cli.options import (
     mixing_setting,
     new_config,
     parse_hidden,
+    starts_at_identity,
 )
 from tfp_coupling.cli.run_folder import RunFolder, check_export_out, load_run_data, prepare_out
 from tfp_coupling.data import DatasetInfo
@@ -93,6 +94,8 @@ def _resumed_run(args: argparse.Namespace, given: set[str]) -> tuple[RunFolder, 
                and config.get(k) != getattr(args, k)]
     if "hidden" in given and parse_hidden(args.hidden) != config["hidden_units"]:
         changed.append("hidden")
+    if "start" in given and (args.start == "identity") != starts_at_identity(config):
+        changed.append("start")
     changed += _changed_context(args, given, config.get("context"), config["dataset"])
     if changed:
         raise CLIError(f"--resume continues {run} with its saved settings; it cannot change "
@@ -143,6 +146,8 @@ def _new_run(args: argparse.Namespace, given: set[str]) -> tuple[RunFolder, dict
         config["flatten"] = True
     if args.model == "nice":  # whitened, except flattened pixels (near-singular covariance)
         config["whiten"] = not config.get("flatten", False)
+        # Random shifts, but not on flattened pixels (far less varied than a shift moves them).
+        config["zero_init"] = bool(config.get("flatten"))
     if args.model == "realnvp-image":  # variance-preserving residual blocks (nets.ResNet)
         config["scale_residuals"] = True
         config.update(REALNVP_IMAGE_COUPLINGS)  # recorded, so that the run rebuilds them
@@ -152,6 +157,8 @@ def _new_run(args: argparse.Namespace, given: set[str]) -> tuple[RunFolder, dict
         # by many of its standard deviations) nor on tables: there the identity start is the
         # Gaussian fit, which the best-validation-epoch selection can fall back on.
         config["zero_init"] = bool(config.get("flatten")) or info.kind == "tabular"
+    if args.start is not None:
+        config["zero_init"] = args.start == "identity"
     if info.kind != "image" and image_model:
         raise CLIError(f"--model {args.model} needs an image dataset; {args.dataset!r} "
                        f"holds vectors of shape {list(info.event_shape)}")

@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "activation": None,  # the vector conditioners' hidden units: relu, or tanh on tables
     "mixing": None,  # realnvp: "lu" puts a learned linear map between every two couplings
     "dropout": 0.0,  # realnvp/nice: dropout after the conditioners' hidden layers, in training
+    "start": None,  # realnvp/nice: "identity" or "random" shifts; by default chosen by the data
     "context_columns": None,  # a table's columns as the context c of p(x | c)
     "conditional": False,  # images: the one-hot class label as the context
 }
@@ -52,6 +53,7 @@ DEFAULT_EPOCHS = {"nice": 100, "realnvp": 100, "nice-image": 40, "realnvp-image"
 # on 8,000-point 2-D data ReLU fits better (RealNVP, two moons: by 0.06).
 TABLE_DEFAULTS = {"lr": 1e-4, "batch_size": 64, "epochs": 300, "activation": "tanh"}
 ACTIVATIONS = ("relu", "tanh")
+STARTS = ("identity", "random")
 # realnvp_flow's default bound on the shift (written here so that parsing needs no TensorFlow).
 REALNVP_SHIFT_CLAMP = 5.0
 # realnvp_image_flow's default couplings (data -> latent, log-scale clamp 2, shift bound 5),
@@ -140,6 +142,9 @@ def new_config(args: argparse.Namespace) -> dict:
     if args.dropout and args.model in IMAGE_MODELS:
         raise CLIError(f"--dropout sets the MLP conditioners of realnvp and nice; "
                        f"{args.model} has convolutional ones")
+    if args.start is not None and args.model in IMAGE_MODELS:
+        raise CLIError(f"--start sets the MLP conditioners of realnvp and nice; "
+                       f"{args.model} starts at the identity")
     if args.dropout and args.invertible_backprop:
         raise CLIError("--dropout and --invertible-backprop do not combine: the backward pass "
                        "recomputes each conditioner, which would draw another dropout mask")
@@ -171,6 +176,12 @@ def new_config(args: argparse.Namespace) -> dict:
         "versions": {"tfp_coupling": __version__,
                      "keras": importlib.metadata.version("keras")},
     }
+
+
+def starts_at_identity(config: dict) -> bool:
+    """Whether a vector run's couplings start at the identity (``zero_init``). Runs written
+    before the key: NICE on flattened pixels only, RealNVP never (their weights are restored)."""
+    return bool(config.get("zero_init", config["model"] == "nice" and config.get("flatten")))
 
 
 def mixing_setting(flag: str | None) -> str | None:

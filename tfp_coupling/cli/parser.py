@@ -13,6 +13,7 @@ from tfp_coupling.cli.options import (
     DEFAULTS,
     MIXED_POLICIES,
     MIXINGS,
+    STARTS,
     VECTOR_MODELS,
 )
 from tfp_coupling.data import DATASETS
@@ -64,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mixing", choices=MIXINGS,
                    help="realnvp: 'lu' puts a learned invertible linear map (LULinear, identity "
                         "at the start) between every two couplings (default none)")
+    t.add_argument("--start", choices=STARTS,
+                   help="realnvp/nice: untrained couplings at the identity (the flow starts as "
+                        "the whitened Gaussian fit) or with random shifts (default: random on "
+                        "2-D data, identity on tables and flattened images)")
     t.add_argument("--dropout", type=float,
                    help="realnvp/nice: dropout rate after every conditioner hidden layer, in "
                         "training only (default 0); a regulariser for small tables")

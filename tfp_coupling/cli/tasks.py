@@ -30,7 +30,7 @@ from tfp_coupling.builders import initialize_rescaling, nice_flow, realnvp_flow
 from tfp_coupling.callbacks import BestWeightsCheckpoint
 from tfp_coupling.checkpoint import AtomicCheckpoint, CheckpointError, adopt_keras_backup
 from tfp_coupling.cli.context import context_size, describe, one_hot
-from tfp_coupling.cli.options import IMAGE_MODELS, CLIError, is_image_model
+from tfp_coupling.cli.options import IMAGE_MODELS, CLIError, is_image_model, starts_at_identity
 from tfp_coupling.cli.run_folder import (
     RunData,
     RunFolder,
@@ -58,7 +58,7 @@ def build_model(config: dict) -> FlowModel:
         # so NICE starts at the identity there (their data are not symmetric anyway). Runs
         # written before NICE was whitened have no "whiten" key and rebuild without it.
         return nice_flow([config["event_size"]], num_couplings=couplings, hidden_units=hidden,
-                         zero_init=bool(config.get("flatten")),
+                         zero_init=starts_at_identity(config),
                          whiten=bool(config.get("whiten", False)), activation=activation,
                          dropout=config.get("dropout", 0.0), **context)
     if config["model"] == "realnvp":
@@ -67,7 +67,7 @@ def build_model(config: dict) -> FlowModel:
         return realnvp_flow([config["event_size"]], num_couplings=couplings,
                             hidden_units=hidden, activation=activation,
                             mixing=config.get("mixing"), shift_clamp=config.get("shift_clamp"),
-                            zero_init=bool(config.get("zero_init", False)),
+                            zero_init=starts_at_identity(config),
                             dropout=config.get("dropout", 0.0), **context)
     builder = get_builder(IMAGE_MODELS[config["model"]])
     if config["model"] == "realnvp-image":  # multi-scale, conv conditioners
