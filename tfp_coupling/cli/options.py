@@ -64,8 +64,7 @@ REALNVP_IMAGE_COUPLINGS = {"normalizing": True, "log_scale_clamp": 2.0, "shift_c
 WARMUP_EPOCHS = 5
 # Settings that define a run: --resume refuses to change them.
 RUN_SETTINGS = ("model", "dataset", "couplings", "hidden", "activation", "mixing", "dropout",
-                "batch_size",
-                "lr", "schedule", "clipnorm", "weight_decay", "seed", "data_dir",
+                "batch_size", "lr", "schedule", "clipnorm", "weight_decay", "seed", "data_dir",
                 "mixed_precision")
 MIXINGS = ("none", "lu")
 MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")

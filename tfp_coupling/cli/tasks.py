@@ -54,16 +54,14 @@ def build_model(config: dict) -> FlowModel:
     context = {} if c is None else {"context_shape": [c]}
     activation = config.get("activation") or "relu"  # runs written before the option: relu
     if config["model"] == "nice":
-        # Flattened pixels: background pixels vary by far less than a random shift moves them,
-        # so NICE starts at the identity there (their data are not symmetric anyway). Runs
-        # written before NICE was whitened have no "whiten" key and rebuild without it.
+        # The start is recorded (identity on flattened pixels unless --start says otherwise).
+        # Runs written before NICE was whitened have no "whiten" key and rebuild without it.
         return nice_flow([config["event_size"]], num_couplings=couplings, hidden_units=hidden,
                          zero_init=starts_at_identity(config),
                          whiten=bool(config.get("whiten", False)), activation=activation,
                          dropout=config.get("dropout", 0.0), **context)
     if config["model"] == "realnvp":
-        # Runs written before the shift was bounded have no "shift_clamp" key: unbounded. Those
-        # written before the random shift start rebuild with it (their weights are restored).
+        # Runs written before the shift was bounded have no "shift_clamp" key: unbounded.
         return realnvp_flow([config["event_size"]], num_couplings=couplings,
                             hidden_units=hidden, activation=activation,
                             mixing=config.get("mixing"), shift_clamp=config.get("shift_clamp"),

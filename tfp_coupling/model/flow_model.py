@@ -373,6 +373,13 @@ class FlowModel(keras.Model):
         return tf.control_dependencies(checks)
 
     def train_step(self, data):
+        if self.invertible_backprop and any(  # checked when the step is traced
+                isinstance(layer, keras.layers.Dropout) and layer.rate > 0
+                for layer in self._flatten_layers()):
+            raise ValueError(f"{self.name}: invertible_backprop recomputes every conditioner in "
+                             f"the backward pass, which would draw another dropout mask than "
+                             f"the forward pass: build the flow with dropout=0, or compile "
+                             f"with invertible_backprop=False")
         with self._finite_batch_guard(data):
             data = self._with_context_as_input(self._dequantized(data))
             return keras_workarounds.multi_worker_logs(super().train_step(data))
@@ -410,12 +417,6 @@ class FlowModel(keras.Model):
         512 for images; see :func:`tfp_coupling.initialize_from_data`).
         """
         inputs.check_data(x, self.event_shape, self.name, "x")
-        if self.invertible_backprop and any(
-                getattr(layer, "dropout", 0) for layer in self._flatten_layers()):
-            raise ValueError(f"{self.name}: invertible_backprop recomputes every conditioner in "
-                             f"the backward pass, which would draw another dropout mask than "
-                             f"the forward pass: build the flow with dropout=0, or compile "
-                             f"with invertible_backprop=False")
         x, y = self._split_pairs(x, y)
         if self.is_conditional:
             inputs.check_data(y, self.context_shape, self.name, "context (y)")
