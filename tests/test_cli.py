@@ -388,14 +388,14 @@ def test_cosine_schedule_warms_up_over_whole_epochs_then_decays_to_a_fiftieth(
     (["--hidden", "64,x"], "--hidden must be comma-separated positive integers"),
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--model", "realnvp-image"], "needs an image dataset"),
-    (["--model", "realnvp-image", "--activation", "tanh"], "realnvp-image has convolutional"),
+    (["--model", "realnvp-image", "--activation", "tanh"], "not those of realnvp-image"),
     (["--model", "glow"], "unknown model 'glow'"),
     (["--model", "nice", "--mixing", "lu"], "nice has no such option"),
     (["--dropout", "1"], "--dropout must be in [0, 1), got 1.0"),
     (["--dropout", "nan"], "--dropout must be in [0, 1), got nan"),
-    (["--model", "nice-image", "--dropout", "0.1"], "nice-image has convolutional"),
+    (["--model", "nice-image", "--dropout", "0.1"], "--dropout sets the conditioners of the"),
     (["--dropout", "0.1", "--invertible-backprop"], "do not combine"),
-    (["--model", "realnvp-image", "--start", "random"], "realnvp-image starts at the identity"),
+    (["--model", "realnvp-image", "--start", "random"], "(nice, realnvp), not those of realnvp-"),
 ])
 def test_bad_input_gives_one_line_and_no_run_folder(tmp_path, capsys, args, message):
     (tmp_path / "nan.csv").write_text("a,b\n" + "1,2\n" * 2 + "3,nan\n" + "4,5\n" * 20)

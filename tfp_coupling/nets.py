@@ -168,8 +168,7 @@ class _Dropout(keras.layers.Dropout):
         store["0"] = keras.ops.convert_to_numpy(self.seed_generator.state)
 
     def load_own_variables(self, store) -> None:
-        if "0" in store:  # weights saved before the state was
-            self.seed_generator.state.assign(store["0"])
+        self.seed_generator.state.assign(store["0"])
 
 
 @keras.saving.register_keras_serializable(package="tfp_coupling")

@@ -130,20 +130,16 @@ def new_config(args: argparse.Namespace) -> dict:
         raise CLIError(f"--couplings must be >= 1, got {args.couplings}")
     if not (args.weight_decay >= 0 and math.isfinite(args.weight_decay)):
         raise CLIError(f"--weight-decay must be >= 0, got {args.weight_decay}")
-    if args.activation is not None and args.model in IMAGE_MODELS:
-        raise CLIError(f"--activation sets the MLP conditioners of realnvp and nice; "
-                       f"{args.model} has convolutional ones")
     if args.mixing == "lu" and args.model != "realnvp":
         raise CLIError(f"--mixing lu mixes the coordinates between realnvp's couplings; "
                        f"{args.model} has no such option")
     if not 0.0 <= args.dropout < 1.0:
         raise CLIError(f"--dropout must be in [0, 1), got {args.dropout}")
-    if args.dropout and args.model in IMAGE_MODELS:
-        raise CLIError(f"--dropout sets the MLP conditioners of realnvp and nice; "
-                       f"{args.model} has convolutional ones")
-    if args.start is not None and args.model in IMAGE_MODELS:
-        raise CLIError(f"--start sets the MLP conditioners of realnvp and nice; "
-                       f"{args.model} starts at the identity")
+    for flag, given in (("--activation", args.activation is not None),
+                        ("--dropout", bool(args.dropout)), ("--start", args.start is not None)):
+        if given and args.model in IMAGE_MODELS:
+            raise CLIError(f"{flag} sets the conditioners of the vector models "
+                           f"({', '.join(VECTOR_MODELS)}), not those of {args.model}")
     if args.dropout and args.invertible_backprop:
         raise CLIError("--dropout and --invertible-backprop do not combine: the backward pass "
                        "recomputes each conditioner, which would draw another dropout mask")
