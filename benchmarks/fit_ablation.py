@@ -84,6 +84,7 @@ from density_quality import (
     Cell,
     gaussian_nll,
     max_epoch_ratio,
+    max_epoch_rise,
     peer_available,
     table_split,
     toy_split,
@@ -388,12 +389,13 @@ def table(records: list[dict], rows: list[str], datasets: list[str]) -> str:
         if key in cells:
             cells[key].add(rec["nll"], rec["history"])
             seeds.add(rec["seed"])
-    lines = ["| variant | " + " | ".join(datasets) + " | spike |",
-             "| --- |" + " --- |" * (len(datasets) + 1)]
+    lines = ["| variant | " + " | ".join(datasets) + " | spike | rise (nats) |",
+             "| --- |" + " --- |" * (len(datasets) + 2)]
     for r in rows:
         spike = max(cells[r, d].spike for d in datasets)
+        rise = max(cells[r, d].rise for d in datasets)
         lines.append(f"| {r} | " + " | ".join(cells[r, d].text() for d in datasets)
-                     + f" | {spike:.2f} |")
+                     + f" | {spike:.2f} | {rise:.2f} |")
     return "\n".join(lines)
 
 
@@ -463,13 +465,14 @@ def main(argv: list[str] | None = None) -> None:
                             f.write(json.dumps(rec) + "\n")
                     begin = f" (start {info['start']:.3f})" if "start" in info else ""
                     print(f"{d} seed {seed} {r}: {nll:.3f}{begin}, spike "
-                          f"{max_epoch_ratio(hist):.2f}, {time.perf_counter() - start:.0f} s",
-                          flush=True)
+                          f"{max_epoch_ratio(hist):.2f} (rise {max_epoch_rise(hist):.2f} "
+                          f"nats), {time.perf_counter() - start:.0f} s", flush=True)
     records = [r for r in records if r["epochs"] == args.epochs and r["data"] in names
                and args.first_seed <= r["seed"] < args.first_seed + args.seeds]
     print(f"\nTest NLL (nats), mean ± sd (worst) over seeds {args.first_seed}.."
           f"{args.first_seed + args.seeds - 1}, {args.epochs} epochs; spike = max epoch ratio "
-          f"over all runs of the row\n")
+          f"over all runs of the row; rise = the largest epoch-to-epoch rise of the mean "
+          f"training NLL, nats\n")
     print(table(records, rows, names))
 
 

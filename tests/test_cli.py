@@ -108,10 +108,12 @@ def test_evaluate(run, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["split"] == "test" and result["examples"] == 2000
     assert result["nll"] == pytest.approx(metrics["test_nll"], rel=1e-6)
+    assert result["gaussian_nll"] == pytest.approx(metrics["gaussian_test_nll"], rel=1e-9)
     assert cli.main(["evaluate", str(run), "--split", "validation"]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith("two_moons validation (2000 examples): NLL ")
     assert float(line.split("NLL ")[1].split()[0]) == pytest.approx(metrics["val_nll"], abs=1e-3)
+    assert line.endswith(f"(a full-covariance Gaussian fit: {metrics['gaussian_val_nll']:.4f})")
     # Another 2-D dataset is accepted and is much less likely under a two-moons model.
     assert cli.main(["evaluate", str(run), "--dataset", "checkerboard", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["nll"] > metrics["test_nll"] + 1.0
@@ -233,6 +235,40 @@ def test_table_nll_is_reported_in_the_data_units(tmp_path, capsys):
     assert json.loads(old.read_text())["activation"] == "relu"
 
 
+def test_runs_report_the_gaussian_fit_and_say_when_the_flow_is_worse(run, tmp_path, capsys):
+    from tfp_coupling.cli.run_folder import load_run_data
+
+    metrics = json.loads((run / "metrics.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+
+    def data_units(split: str) -> np.ndarray:
+        d = load_run_data(config, split)
+        return d.info.to_data_units(d.x).astype(np.float64)
+
+    # Fitted here on the rows in the data's units (the fit is affine-equivariant, so this is
+    # the run's fit on standardised rows, moved to the data's units).
+    gauss = tc.gaussian_fit(data_units("train"))
+    for split, key in (("test", "gaussian_test_nll"), ("validation", "gaussian_val_nll")):
+        nll = -float(np.mean(gauss.log_prob(data_units(split))))
+        assert metrics[key] == pytest.approx(nll, abs=1e-4)
+    # Gaussian rows: the fit is near the truth, an untrained flow with random shifts is not.
+    x = np.random.default_rng(0).normal(size=(300, 3)) @ np.array(
+        [[1.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0.0, 0.0, 2.0]])
+    np.save(tmp_path / "g.npy", x)
+    capsys.readouterr()
+    assert _train(tmp_path / "runs", "g", "--dataset", str(tmp_path / "g.npy"), "--epochs", "1",
+                  "--start", "random", "--lr", "1e-9") == 0
+    out, err = capsys.readouterr()
+    metrics = json.loads((tmp_path / "runs" / "g" / "metrics.json").read_text())
+    assert metrics["test_nll"] > metrics["gaussian_test_nll"]
+    assert f"(a full-covariance Gaussian fit: {metrics['gaussian_test_nll']:.4f})" in out
+    note = err.strip().splitlines()[-1]
+    assert "test NLL is above the Gaussian fit's by" in note
+    # It suggests what the run has not tried: tables already train tanh conditioners.
+    assert "--start identity" in note and "--dropout 0.3" in note
+    assert "--activation tanh" not in note
+
+
 def test_lu_mixing_run_is_recorded_rebuilt_and_kept_on_resume(tmp_path, capsys):
     assert _train(tmp_path, "lu", "--mixing", "lu", "--epochs", "1") == 0
     folder = tmp_path / "lu"
@@ -285,6 +321,7 @@ def test_start_is_chosen_by_the_data_or_by_the_flag_and_kept_on_resume(tmp_path,
     assert random_outputs(old) == {True}
     assert random_outputs({**old, "flatten": True}) == {False}
     folder = str(tmp_path / "table")
+    capsys.readouterr()  # the runs' own notes
     assert cli.main(["train", "--resume", folder, "--start", "random", "--epochs", "2"]) == 1
     assert "cannot change --start" in _error_line(capsys)
     assert cli.main(["train", "--resume", folder, "--start", "identity", "--epochs", "2",
@@ -303,6 +340,7 @@ def test_dropout_run_is_recorded_rebuilt_and_kept_on_resume(tmp_path, capsys):
 
     assert rates(config) == {0.2}
     assert rates({k: v for k, v in config.items() if k != "dropout"}) == {0.0}  # older runs
+    capsys.readouterr()  # the run's own notes
     assert cli.main(["train", "--resume", str(folder), "--dropout", "0", "--epochs", "2"]) == 1
     assert "cannot change --dropout" in _error_line(capsys)
     assert cli.main(["train", "--resume", str(folder), "--epochs", "2", "--quiet"]) == 0
@@ -317,6 +355,7 @@ def test_mnist_offline_run_reports_bits_per_dim(tmp_path, capsys):
                   "--model", "nice", "--batch-size", "500", "--hidden",
                   "8", "--lr", "0.01", "--epochs", "2") == 0
     metrics = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert "gaussian_test_nll" not in metrics  # dequantised pixels: no Gaussian baseline
     bpd = metrics["test_bits_per_dim"]
     assert bpd == pytest.approx(metrics["test_nll"] / (784 * math.log(2)))
     assert bpd < 8.0  # better than a uniform distribution over the 256 pixel values
@@ -335,6 +374,7 @@ def test_mnist_offline_run_reports_bits_per_dim(tmp_path, capsys):
     assert cli.main(["evaluate", str(tmp_path / "m"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["nll"] == pytest.approx(metrics["test_nll"], rel=1e-6)  # same noise draw
+    assert result["gaussian_nll"] is None
     assert result["bits_per_dim"] == pytest.approx(bpd, rel=1e-6)
     assert cli.main(["sample", str(tmp_path / "m"), "-n", "4"]) == 0
     assert np.load(tmp_path / "m" / "samples.npy").shape == (4, 28, 28, 1)

@@ -80,8 +80,27 @@ def test_the_context_lowers_the_evaluated_nll(table_runs, capsys):
         metrics = json.loads((run / "metrics.json").read_text())
         assert result["nll"] == pytest.approx(metrics["test_nll"], abs=1e-4)
         nll[run.name] = result["nll"]
+        nll[f"gaussian {run.name}"] = metrics["gaussian_test_nll"]
     # Both in the units of x1, x2: knowing the shift is worth about 1.6 nats (log 5 less overlap).
     assert nll["cond"] < nll["plain"] - 0.8, nll
+    # The conditional run's baseline is the Gaussian of x given the shift (here the true model
+    # class), not of x alone: as much better, and what the joint Gaussian fit's conditional
+    # (the Schur complement, computed here on the rows in x's own units) says.
+    assert nll["gaussian cond"] < nll["gaussian plain"] - 0.8, nll
+    config = json.loads((cond / "config.json").read_text())
+    joint = {}
+    for split in ("train", "test"):
+        d = tasks.load_run_data(config, split)  # the context standardised: the same conditional
+        joint[split] = np.hstack([d.info.to_data_units(d.x).astype(np.float64), d.context])
+    mean = joint["train"].mean(0)
+    cov = np.cov(joint["train"], rowvar=False, bias=True)
+    sxx, sxc, scc = cov[:2, :2], cov[:2, 2:], cov[2:, 2:]
+    gain = sxc @ np.linalg.inv(scc)
+    resid = joint["test"][:, :2] - mean[:2] - (joint["test"][:, 2:] - mean[2:]) @ gain.T
+    s = sxx - gain @ sxc.T
+    want = np.mean(0.5 * (np.einsum("ni,ij,nj->n", resid, np.linalg.inv(s), resid)
+                          + np.linalg.slogdet(s)[1] + 2 * np.log(2 * np.pi)))
+    assert nll["gaussian cond"] == pytest.approx(want, abs=1e-4)
 
 
 def test_sample_takes_a_context_in_the_data_units(table_runs, tmp_path, capsys):

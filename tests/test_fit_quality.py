@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_probability as tfp
 from shared_data import MNIST_IMAGES, needs_mnist
 
 import tfp_coupling as tc
@@ -65,6 +66,72 @@ def test_whitening_starts_the_flow_at_the_full_covariance_gaussian():
     want = -0.5 * (np.einsum("ni,ij,nj->n", d, np.linalg.inv(cov), d)
                    + np.linalg.slogdet(cov)[1] + 3 * np.log(2 * np.pi))
     np.testing.assert_allclose(model.log_prob(x).numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_gaussian_fit_is_the_maximum_likelihood_gaussian_the_flows_start_at():
+    rng = np.random.default_rng(1)
+    a = np.array([[2.0, 0, 0], [1.5, 0.5, 0], [0, 1, 3]])
+    x, x_test = (rng.normal(size=(2, 400, 3)) @ a + [5.0, -1.0, 0.0])
+    gauss = tc.gaussian_fit(x)
+    assert gauss.dtype == tf.float64 and tc.gaussian_fit(x.astype(np.float32)).dtype == tf.float32
+    assert tc.gaussian_fit(np.round(x).astype(np.int64)).dtype == tf.float32
+    mean, cov = x.mean(0), np.cov(x, rowvar=False, bias=True)  # divided by N: the ML estimate
+    d = x_test - mean
+    want = -0.5 * (np.einsum("ni,ij,nj->n", d, np.linalg.inv(cov), d)
+                   + np.linalg.slogdet(cov)[1] + 3 * np.log(2 * np.pi))
+    # To the jitter (1e-10 of the mean variance) that guards a singular covariance; an
+    # unbiased (N - 1) covariance would be off by 1e-2 here.
+    np.testing.assert_allclose(gauss.log_prob(x_test).numpy(), want, rtol=1e-7)
+    # The maximum of the likelihood: moving the mean or scaling the covariance scores worse.
+    mvn = tfp.distributions.MultivariateNormalTriL
+    best = np.mean(gauss.log_prob(x))
+    chol = np.linalg.cholesky(cov)
+    for loc, tril in ((mean + 0.05, chol), (mean, 1.05 * chol), (mean, 0.95 * chol)):
+        assert np.mean(mvn(loc, tril).log_prob(x)) < best
+    # realnvp_flow and nice_flow with identity couplings start exactly there.
+    x32 = x.astype(np.float32)
+    for builder in (tc.realnvp_flow, tc.nice_flow):
+        model = builder([3], num_couplings=2, hidden_units=[8], zero_init=True)
+        tc.initialize_from_data(model, x32)
+        np.testing.assert_allclose(model.log_prob(x_test.astype(np.float32)).numpy(),
+                                   want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("rows, message", [
+    (np.zeros(5), r"rows \[N, D\] .* shape \(5,\)"),
+    (np.zeros((1, 3)), r"N >= 2 .* shape \(1, 3\)"),
+    (np.array([[0.0, 1.0], [np.nan, 2.0]]), "NaN"),
+    (np.array([[0.0, 1.0], [np.inf, 2.0]]), "Inf"),
+    (np.array([["a", "b"], ["c", "d"]]), "real numbers"),
+])
+def test_gaussian_fit_refuses_bad_rows(rows, message):
+    with pytest.raises(ValueError, match=message):
+        tc.gaussian_fit(rows)
+
+
+def test_conditional_gaussian_fit_is_the_joint_gaussians_conditional():
+    rng = np.random.default_rng(2)
+    joint = rng.normal(size=(2, 500, 4)) @ rng.normal(size=(4, 4)) + rng.normal(size=4)
+    (x, c), (x_test, c_test) = ((j[:, :2], j[:, 2:]) for j in joint)
+    given = tc.conditional_gaussian_fit(x, c)
+    mean, cov = joint[0].mean(0), np.cov(joint[0], rowvar=False, bias=True)
+    gain = cov[:2, 2:] @ np.linalg.inv(cov[2:, 2:])
+    s = cov[:2, :2] - gain @ cov[:2, 2:].T
+    resid = x_test - mean[:2] - (c_test - mean[2:]) @ gain.T
+    want = -0.5 * (np.einsum("ni,ij,nj->n", resid, np.linalg.inv(s), resid)
+                   + np.linalg.slogdet(s)[1] + 2 * np.log(2 * np.pi))
+    dist = given(c_test)
+    assert dist.batch_shape == [500] and dist.dtype == tf.float64
+    np.testing.assert_allclose(dist.log_prob(x_test).numpy(), want, rtol=1e-7)
+    # One-hot contexts (collinear once centred) are fine: the class means, a pooled covariance.
+    labels = rng.integers(0, 3, 600)
+    y = rng.normal(size=(600, 2)) + 4.0 * labels[:, None]
+    per_class = tc.conditional_gaussian_fit(y, np.eye(3)[labels])(np.eye(3)).mean().numpy()
+    np.testing.assert_allclose(per_class, [y[labels == k].mean(0) for k in range(3)], atol=1e-9)
+    with pytest.raises(ValueError, match="x has 500 rows, context 499"):
+        tc.conditional_gaussian_fit(x, c[:-1])
+    with pytest.raises(ValueError, match=r"contexts must be \[M, 2\]; got shape \(500, 3\)"):
+        given(np.zeros((500, 3)))
 
 
 def test_fit_initialises_the_whitening_once():

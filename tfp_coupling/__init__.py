@@ -14,6 +14,8 @@ Layout, in layers; a module imports only from the layers before it:
 * ``model/`` ``FlowModel``: training, sampling, input checks, SavedModel export, and the
   registry of builders by name that loading a ``.keras`` file uses;
 * ``builders/`` NICE and RealNVP for vectors (``vector``) and images (``image``);
+* ``baseline``: ``gaussian_fit`` (and ``conditional_gaussian_fit``), the full-covariance
+  Gaussian a flow must beat;
 * ``cli/`` the ``tfp-coupling`` command line.
 
 Beside them, without TensorFlow: ``data/`` (toy densities, tables, images), ``plots``,
@@ -64,10 +66,13 @@ _EXPORTS = {
     "spline_flow": "tfp_coupling.builders",
     "realnvp_image_flow": "tfp_coupling.builders",
     "flow_bits_per_dim": "tfp_coupling.dequantization",
+    "conditional_gaussian_fit": "tfp_coupling.baseline",
+    "gaussian_fit": "tfp_coupling.baseline",
 }
 
 if TYPE_CHECKING:  # what the lazy names are, for type checkers and IDEs
     from tfp_coupling import data, masks, nets, plots
+    from tfp_coupling.baseline import conditional_gaussian_fit, gaussian_fit
     from tfp_coupling.bijectors import (
         ActNorm,
         AdditiveCoupling,
@@ -151,9 +156,11 @@ __all__ = [
     "Squeeze",
     "TransformCoupling",
     "TriLAffine",
+    "conditional_gaussian_fit",
     "data",
     "flow_bits_per_dim",
     "fused",
+    "gaussian_fit",
     "get_builder",
     "initialize_actnorm",
     "initialize_from_data",

@@ -206,8 +206,10 @@ def training_curve(
     *,
     ylabel: str = "NLL (nats)",
     title: str | None = None,
+    references: Mapping[str, float] | None = None,
 ) -> Path:
-    """One line per entry of ``history`` (e.g. ``train_nll``, ``val_nll``) against the epoch."""
+    """One line per entry of ``history`` (e.g. ``train_nll``, ``val_nll``) against the epoch,
+    and a dashed horizontal line per entry of ``references`` (e.g. a baseline's NLL)."""
     series = {k: np.asarray(v, np.float64) for k, v in history.items() if len(v)}
     if not series:
         raise ValueError("training_curve: history holds no values")
@@ -216,6 +218,8 @@ def training_curve(
     for label, values in series.items():
         ax.plot(np.arange(1, len(values) + 1), values, marker="o" if len(values) < 30 else None,
                 markersize=3, label=label)
+    for label, value in (references or {}).items():
+        ax.axhline(value, color="0.4", linestyle="--", linewidth=1, label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)

@@ -14,7 +14,32 @@ import tensorflow as tf
 from tfp_coupling.bijectors.actnorm import DataInitializedParams
 from tfp_coupling.bijectors.base import FlowBijector
 
-__all__ = ["LULinear", "LULinearParams", "TriLAffine", "TriLAffineParams"]
+__all__ = ["LULinear", "LULinearParams", "TriLAffine", "TriLAffineParams", "mean_and_cholesky"]
+
+
+def mean_and_cholesky(y: np.ndarray, epsilon: float = 1e-10, *, who: str = "the data"
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The maximum-likelihood mean of the rows of ``y`` ``[N, D]`` and the Cholesky factor ``L``
+    of their covariance (divided by ``N``), in float64: ``cov + eps * mean variance * I = L L^T``.
+
+    The tiny jitter only guards a singular covariance (a constant column, fewer rows than
+    columns). Raises ``ValueError`` (starting with ``who``) on NaN, Inf or values too large to
+    square.
+
+    Example:
+        >>> import numpy as np
+        >>> mean, chol = mean_and_cholesky(np.array([[0.0, 0.0], [2.0, 2.0]]))
+        >>> mean.tolist(), np.round(chol @ chol.T, 6).tolist()
+        ([1.0, 1.0], [[1.0, 1.0], [1.0, 1.0]])
+    """
+    y = np.asarray(y, np.float64)
+    if not np.isfinite(y).all() or not np.isfinite(y.var(axis=0)).all():
+        raise ValueError(f"{who} contain NaN, Inf or values too large to square; remove or "
+                         f"rescale them")
+    size = y.shape[-1]
+    cov = np.atleast_2d(np.cov(y, rowvar=False, bias=True))
+    jitter = epsilon * max(float(np.trace(cov)) / size, np.finfo(np.float64).tiny)
+    return y.mean(axis=0), np.linalg.cholesky(cov + jitter * np.eye(size))
 
 
 @keras.saving.register_keras_serializable(package="tfp_coupling")
@@ -42,14 +67,9 @@ class TriLAffineParams(DataInitializedParams):
         column, fewer rows than columns).
         """
         self._require_eager()
-        y = np.asarray(y, np.float64).reshape(-1, self.size)
-        if not np.isfinite(y).all() or not np.isfinite(y.var(axis=0)).all():
-            raise ValueError(f"{self.name}: the data it is initialised from contain NaN, Inf or "
-                             f"values too large to square; remove or rescale them")
-        cov = np.atleast_2d(np.cov(y, rowvar=False, bias=True))
-        jitter = epsilon * max(float(np.trace(cov)) / self.size, np.finfo(np.float64).tiny)
-        chol = np.linalg.cholesky(cov + jitter * np.eye(self.size))
-        self.bias.assign(y.mean(axis=0).astype(self.bias.dtype))
+        mean, chol = mean_and_cholesky(np.asarray(y).reshape(-1, self.size), epsilon,
+                                       who=f"{self.name}: the data it is initialised from")
+        self.bias.assign(mean.astype(self.bias.dtype))
         self.log_diag.assign(np.log(np.diag(chol)).astype(self.log_diag.dtype))
         self.lower.assign(np.tril(chol, -1).astype(self.lower.dtype))
         self.initialized.assign(1.0)

@@ -19,6 +19,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import keras
@@ -26,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfp_coupling import atomic, dequantization, plots
+from tfp_coupling.baseline import conditional_gaussian_fit, gaussian_fit
 from tfp_coupling.builders import initialize_rescaling, nice_flow, realnvp_flow
 from tfp_coupling.callbacks import BestWeightsCheckpoint
 from tfp_coupling.checkpoint import AtomicCheckpoint, CheckpointError, adopt_keras_backup
@@ -189,9 +191,13 @@ def _train(run: RunFolder, config: dict, train: RunData, val: RunData, test: Run
                         context=test.context)
     val_nll = eval_nll(model, val.x, info, seed=noise_seed(config, "validation"),
                        context=val.context)
+    baseline = _gaussian_baseline(config, train)
+    gaussian = {} if baseline is None else {"gaussian_val_nll": baseline(val),
+                                            "gaussian_test_nll": baseline(test)}
     atomic.write_with(run.model_path, lambda tmp: model.save(str(tmp)), suffix=".keras")
     export_flow(model, run.saved_model_path, overwrite=True)  # the run's own, from a retry
-    plot_files = _plot_run(run, model, config, test, history)
+    plot_files = _plot_run(run, model, config, test, history,
+                           gaussian_val_nll=gaussian.get("gaussian_val_nll"))
     train_nll = [h["train_nll"] for h in history]
     val_hist = [h["val_nll"] for h in history]
     bpd = info.bits_per_dim
@@ -211,6 +217,7 @@ def _train(run: RunFolder, config: dict, train: RunData, val: RunData, test: Run
         "best_epoch": best.best_epoch or None,
         "val_nll": val_nll,
         "test_nll": test_nll,
+        **gaussian,
         "test_bits_per_dim": bpd(test_nll),
         "val_bits_per_dim": bpd(val_nll),
         "num_parameters": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
@@ -219,6 +226,26 @@ def _train(run: RunFolder, config: dict, train: RunData, val: RunData, test: Run
         "plots": [p.name for p in plot_files],
         "config": config,
     }
+
+
+def _gaussian_baseline(config: dict, train: RunData) -> Callable[[RunData], float] | None:
+    """The mean NLL (data units) that the full-covariance Gaussian fitted to the training rows
+    (of ``x`` given the context, in a conditional run) gives a split: the baseline a flow must
+    beat. None for pixels (a Gaussian of dequantised pixels is no such baseline)."""
+    info = train.info
+    if is_image_model(config["model"]) or info.discrete:
+        return None
+    if train.context is None:
+        gauss = gaussian_fit(train.x, dtype=tf.float64)
+    else:
+        given = conditional_gaussian_fit(train.x, train.context, dtype=tf.float64)
+
+    def nll(split: RunData) -> float:
+        dist = gauss if split.context is None else given(split.context)
+        log_p = dist.log_prob(np.asarray(split.x, np.float64))
+        return -float(np.mean(log_p)) - split.info.log_det_correction
+
+    return nll
 
 
 class _EpochRecorder(keras.callbacks.Callback):
@@ -272,13 +299,17 @@ def _to_data_units(samples, config: dict, info: DatasetInfo) -> np.ndarray:
 
 
 def _plot_run(run: RunFolder, model: FlowModel, config: dict, test: RunData,
-              history: list[dict], n: int = 2000) -> list[Path]:
+              history: list[dict], n: int = 2000, gaussian_val_nll: float | None = None
+              ) -> list[Path]:
     info, x_test = test.info, test.x
     out = []
     curves = {"train NLL": [h["train_nll"] for h in history],
               "validation NLL": [h["val_nll"] for h in history]}
+    references = ({} if gaussian_val_nll is None
+                  else {"Gaussian fit, validation NLL": gaussian_val_nll})
     out.append(plots.training_curve(curves, run.path / "training_curve.png",
-                                    title=f"{config['model']} on {config['dataset']}"))
+                                    title=f"{config['model']} on {config['dataset']}",
+                                    references=references))
     context = config.get("context")
     if context is not None and context["kind"] == "class":
         classes = range(context["classes"])
@@ -362,13 +393,16 @@ def evaluate(run: RunFolder, args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else noise_seed(config, args.split)
     nll = eval_nll(model, x, info, seed=seed, context=context)
     bpd = info.bits_per_dim(nll)
+    baseline = _gaussian_baseline(config, load_run_data(config, "train"))
+    gauss = None if baseline is None else baseline(RunData(x, context, info))
     result = {"run": str(run), "dataset": args.dataset or config["dataset"], "split": args.split,
-              "examples": len(x), "nll": nll, "bits_per_dim": bpd}
+              "examples": len(x), "nll": nll, "bits_per_dim": bpd, "gaussian_nll": gauss}
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{result['dataset']} {args.split} ({len(x)} examples): NLL {nll:.4f} nats" +
-              (f", {bpd:.4f} bits/dim" if bpd is not None else ""))
+              (f", {bpd:.4f} bits/dim" if bpd is not None else "") +
+              (f" (a full-covariance Gaussian fit: {gauss:.4f})" if gauss is not None else ""))
     return 0
 
 
