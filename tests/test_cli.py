@@ -544,6 +544,33 @@ def test_table_runs_get_the_small_data_defaults(tmp_path):
     assert model.flow_config["zero_init"] is True
 
 
+def test_nice_on_2d_data_gets_a_larger_longer_unclipped_run(tmp_path):
+    def config(name: str, *extra: str) -> dict:
+        assert cli.main(["train", "--out", str(tmp_path), "--name", name, "--quiet", "--epochs",
+                         "1", *extra]) == 0
+        return json.loads((tmp_path / name / "config.json").read_text())
+
+    def settings(c: dict) -> tuple:
+        return c["couplings"], c["hidden_units"], c["clipnorm"]
+
+    assert settings(config("rings", "--model", "nice", "--dataset", "rings")) == (
+        16, [256, 256], 0.0)
+    # What the user gives is kept; other data and models keep their defaults.
+    assert settings(config("given", "--model", "nice", "--couplings", "2", "--hidden", "8",
+                           "--clipnorm", "0.5")) == (2, [8], 0.5)
+    table = tmp_path / "t.npy"
+    np.save(table, np.random.default_rng(0).normal(size=(200, 3)))
+    assert settings(config("table", "--model", "nice", "--dataset", str(table),
+                           "--couplings", "2")) == (2, [128, 128], 1.0)
+    assert settings(config("realnvp", "--couplings", "2")) == (2, [64, 64], 1.0)
+    # The epochs too (a run of 200 is not made here): parsed as the command line does.
+    from tfp_coupling.cli import commands, options, parser
+
+    args = parser.build_parser().parse_args(["train", "--model", "nice", "--out", str(tmp_path)])
+    given = options.fill_defaults(args)
+    assert commands._new_run(args, given)[1]["epochs"] == 200
+
+
 def _run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """``python -m tfp_coupling ARGS`` on this checkout, with the user's default environment."""
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}

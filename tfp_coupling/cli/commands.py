@@ -17,6 +17,7 @@ from pathlib import Path
 from tfp_coupling import data
 from tfp_coupling.cli.context import new_context, parse_sample_context
 from tfp_coupling.cli.options import (
+    NICE_2D_DEFAULTS,
     REALNVP_IMAGE_COUPLINGS,
     REALNVP_SHIFT_CLAMP,
     RUN_SETTINGS,
@@ -178,6 +179,11 @@ def _new_run(args: argparse.Namespace, given: set[str]) -> tuple[RunFolder, dict
     if info.kind == "tabular":
         config["dataset"] = info.name  # the resolved path: resume/evaluate from anywhere
         config.update({k: v for k, v in TABLE_DEFAULTS.items() if k not in given})
+    if args.model == "nice" and info.kind == "toy2d":
+        nice_2d = {k: v for k, v in NICE_2D_DEFAULTS.items() if k not in given}
+        if "hidden" in nice_2d:
+            config["hidden_units"] = parse_hidden(nice_2d.pop("hidden"))
+        config.update(nice_2d)
     config["context"] = context
     config["event_size"] = x_info.event_size
     config["image_shape"] = list(info.event_shape) if info.kind == "image" else None

@@ -13,7 +13,9 @@ from tfp_coupling.cli.options import (
     DEFAULTS,
     MIXED_POLICIES,
     MIXINGS,
+    NICE_2D_DEFAULTS,
     STARTS,
+    TABLE_DEFAULTS,
     VECTOR_MODELS,
 )
 from tfp_coupling.data import DATASETS
@@ -50,15 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "realnvp-image, nice, realnvp): the context is the one-hot label, read "
                         "from the *-labels-idx1-ubyte files beside the images or from "
                         "tensorflow-datasets")
-    c, h = DEFAULT_COUPLINGS, DEFAULT_HIDDEN
+    c, h, n = DEFAULT_COUPLINGS, DEFAULT_HIDDEN, NICE_2D_DEFAULTS
     t.add_argument("--couplings", type=int, help=f"number of coupling layers (default: "
                                                  f"{c['realnvp']} realnvp, {c['nice']} nice, "
                                                  f"{c['nice-image']} nice-image; realnvp-image:"
-                                                 f" per scale, {c['realnvp-image']})")
+                                                 f" per scale, {c['realnvp-image']}; nice on 2-D "
+                                                 f"data {n['couplings']})")
     t.add_argument("--hidden", help=f"hidden units of each conditioner MLP, comma-separated "
                                     f"(default {h['realnvp']} realnvp, {h['nice']} nice; "
                                     f"nice-image {h['nice-image']}; realnvp-image: channels, "
-                                    f"{h['realnvp-image']})")
+                                    f"{h['realnvp-image']}; nice on 2-D data {n['hidden']})")
     t.add_argument("--activation", choices=ACTIVATIONS,
                    help="hidden units of the realnvp/nice conditioners (default relu; tables "
                         "tanh)")
@@ -72,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dropout", type=float,
                    help="realnvp/nice: dropout rate after every conditioner hidden layer, in "
                         "training only (default 0); a regulariser for small tables")
-    t.add_argument("--epochs", type=int, help="epochs (default 100; image models 40)")
+    t.add_argument("--epochs", type=int, help=f"epochs (default 100; image models 40, tables "
+                                              f"{TABLE_DEFAULTS['epochs']}, nice on 2-D data "
+                                              f"{n['epochs']})")
     t.add_argument("--batch-size", type=int, help=f"batch size (default "
                                                   f"{DEFAULTS['batch_size']})")
     t.add_argument("--lr", type=float, help=f"Adam learning rate (default {DEFAULTS['lr']})")
@@ -80,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning-rate schedule: cosine decay to lr/50 over --epochs, or "
                         "constant (default cosine)")
     t.add_argument("--clipnorm", type=float, help="clip the global gradient norm to this "
-                                                  "(0: off; default 1.0)")
+                                                  "(0: off; default 1.0, nice on 2-D data 0)")
     t.add_argument("--weight-decay", type=float,
                    help="decoupled weight decay (AdamW) per step, relative to the learning rate "
                         "(default 0: plain Adam)")
