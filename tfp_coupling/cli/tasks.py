@@ -393,7 +393,8 @@ def evaluate(run: RunFolder, args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else noise_seed(config, args.split)
     nll = eval_nll(model, x, info, seed=seed, context=context)
     bpd = info.bits_per_dim(nll)
-    baseline = _gaussian_baseline(config, load_run_data(config, "train"))
+    baseline = (None if is_image_model(config["model"]) or info.discrete  # no training rows read
+                else _gaussian_baseline(config, load_run_data(config, "train")))
     gauss = None if baseline is None else baseline(RunData(x, context, info))
     result = {"run": str(run), "dataset": args.dataset or config["dataset"], "split": args.split,
               "examples": len(x), "nll": nll, "bits_per_dim": bpd, "gaussian_nll": gauss}
