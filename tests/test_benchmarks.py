@@ -106,6 +106,21 @@ def test_density_quality_smoke():
     values = [float(c) for c in cells[1:]]
     assert all(np.isfinite(values)) and values[0] == min(values)
     assert lines[3].startswith("| spike (max epoch ratio) |")
+    assert lines[4].startswith("| largest epoch rise (nats) |")
+
+
+def test_spike_measures_the_ratio_and_the_rise_in_nats():
+    dq = _load_benchmark("density_quality")
+    # Near 0 a small rise is a large ratio; below 0 a large rise has no ratio at all.
+    assert dq.max_epoch_ratio([1.0, 0.1, 2.1]) == pytest.approx(21.0)
+    assert dq.max_epoch_rise([1.0, 0.1, 2.1]) == pytest.approx(2.0)
+    assert dq.max_epoch_ratio([-13.0, -11.0]) == 1.0
+    assert dq.max_epoch_rise([-13.0, -11.0, -12.5]) == pytest.approx(2.0)
+    assert dq.max_epoch_rise([3.0, 2.0, 1.0]) == 0.0
+    cell = dq.Cell()
+    cell.add(0.5, [5.0, 6.0])
+    cell.add(0.4, [-3.0, 0.5, 0.0])
+    assert (cell.spike, cell.rise) == (pytest.approx(1.2), pytest.approx(3.5))
 
 
 def test_density_quality_tanh_column_on_tables_only(monkeypatch):
