@@ -123,6 +123,11 @@ def test_conditional_gaussian_fit_is_the_joint_gaussians_conditional():
     dist = given(c_test)
     assert dist.batch_shape == [500] and dist.dtype == tf.float64
     np.testing.assert_allclose(dist.log_prob(x_test).numpy(), want, rtol=1e-7)
+    # Contexts of another dtype, as arrays or tensors, are cast to the fit's.
+    given32 = tc.conditional_gaussian_fit(x.astype(np.float32), c)
+    for contexts in (c_test, tf.constant(c_test), c_test.astype(np.float32)):
+        np.testing.assert_allclose(given32(contexts).log_prob(x_test.astype(np.float32)),
+                                   want, rtol=1e-4, atol=1e-4)
     # One-hot contexts (collinear once centred) are fine: the class means, a pooled covariance.
     labels = rng.integers(0, 3, 600)
     y = rng.normal(size=(600, 2)) + 4.0 * labels[:, None]

@@ -90,3 +90,18 @@ def test_scatter_plot_and_training_curve(tmp_path):
     with pytest.raises(ValueError, match="no values"):
         plots.training_curve({"train": []}, tmp_path / "c2.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.png", "s.png"]
+
+
+def test_training_curve_draws_reference_levels(tmp_path, monkeypatch):
+    drawn = {}
+    save = plots._save
+
+    def keep(fig, path):
+        drawn["lines"] = {line.get_label(): line.get_ydata() for line in fig.axes[0].get_lines()}
+        return save(fig, path)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    _png(plots.training_curve({"val": [3.1, 2.2, 1.9]}, tmp_path / "c.png",
+                              references={"Gaussian fit": 2.5}))
+    assert set(drawn["lines"]) == {"val", "Gaussian fit"}
+    assert np.all(np.asarray(drawn["lines"]["Gaussian fit"]) == 2.5)  # a level line

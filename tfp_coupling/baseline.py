@@ -26,8 +26,8 @@ def gaussian_fit(x, dtype: tf.DType | str | None = None
     ``mean = (1/N) sum_n x_n``, ``cov = (1/N) sum_n (x_n - mean)(x_n - mean)^T = L L^T``
     (computed in float64; a tiny jitter guards a singular covariance), returned as
     ``tfd.MultivariateNormalTriL(mean, L)`` in ``dtype`` (default: ``x``'s floating dtype, else
-    float32). It is also where ``realnvp_flow`` and ``nice_flow`` start: their ``TriLAffine`` is
-    set to the same mean and ``L`` on the first ``fit``.
+    float32). ``realnvp_flow`` and ``nice_flow`` set their ``TriLAffine`` to the same mean and
+    ``L`` on the first ``fit``, so with ``zero_init=True`` they start exactly at this Gaussian.
 
     Args:
         x: array-like ``[N, D]`` of finite numbers, ``N >= 2``.
@@ -96,7 +96,7 @@ def conditional_gaussian_fit(x, context, dtype: tf.DType | str | None = None
     mean_c_t, scale_tril = tf.constant(mean_c, dtype), tf.constant(chol, dtype)
 
     def given(contexts) -> tfp.distributions.MultivariateNormalTriL:
-        ctx = tf.convert_to_tensor(contexts, dtype)
+        ctx = tf.cast(contexts, dtype)  # arrays and tensors of any real dtype
         if ctx.shape.rank != 2 or ctx.shape[-1] != coef.shape[0]:
             raise ValueError(f"conditional_gaussian_fit: contexts must be [M, {coef.shape[0]}]; "
                              f"got shape {ctx.shape}")
