@@ -78,6 +78,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_probability as tfp
 from density_quality import (
+    HELD_OUT_TABLES,
     TABLES,
     TOY,
     Budget,
@@ -399,11 +400,17 @@ def table(records: list[dict], rows: list[str], datasets: list[str]) -> str:
     return "\n".join(lines)
 
 
+def label(name: str, rows: int | None) -> str:
+    """The data column of a run: the density's name, with its rows per split if not default."""
+    return name if rows is None else f"{name}, {rows} rows"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--datasets", nargs="*", choices=TOY,
                         default=["two_moons", "eight_gaussians", "circles"])
-    parser.add_argument("--tables", nargs="*", default=[], choices=TABLES,
+    parser.add_argument("--tables", nargs="*", default=[],
+                        choices=TABLES + tuple(HELD_OUT_TABLES),
                         help="tables instead of 2-D data (Adam 1e-4, batch 64, 300 epochs)")
     parser.add_argument("--variants", nargs="*", choices=list(VARIANTS),
                         default=[v for v in VARIANTS if list(VARIANTS).index(v) < 6
@@ -418,17 +425,22 @@ def main(argv: list[str] | None = None) -> None:
                         "in it (same row, data, seed, epochs) are reused, not repeated")
     parser.add_argument("--report", action="store_true",
                         help="print the table of the runs in --results only, train nothing")
+    parser.add_argument("--rows", type=int, default=None,
+                        help="2-D data: rows per split (default 8,000 / 2,000 / 2,000; below 2,000 "
+                        "the tables' budget); runs are recorded as '<density>, <rows> rows'")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny data, 1 seed")
     args = parser.parse_args(argv)
-    n = None
+    n = args.rows
     names = args.tables or args.datasets
     kind = "table" if args.tables else "toy"
+    # A few hundred rows get the tables' budget, whatever they are.
+    small = bool(args.tables) or (n is not None and n < 2000)
     if args.epochs is None:
-        args.epochs = 300 if args.tables else 30
+        args.epochs = 300 if small else 30
     if args.quick:
         args.seeds, args.epochs, n = 1, 2, 512
         names = names[:1]
-    budget = Budget(args.epochs, 64, 1e-4) if args.tables else Budget(args.epochs, 256, 1e-3)
+    budget = Budget(args.epochs, 64, 1e-4) if small else Budget(args.epochs, 256, 1e-3)
     peer = peer_available() and not args.no_peer
     if peer:
         import torch
@@ -439,9 +451,10 @@ def main(argv: list[str] | None = None) -> None:
     records = _load(args.results)
     if not args.report:
         done = {(r["variant"], r["data"], r["seed"], r["epochs"]) for r in records}
-        for d in names:
+        for name in names:
+            d = label(name, n if kind == "toy" and not args.quick else None)
             for seed in range(args.first_seed, args.first_seed + args.seeds):
-                split = toy_split(d, seed, n) if kind == "toy" else table_split(d, seed)
+                split = toy_split(name, seed, n) if kind == "toy" else table_split(name, seed)
                 for r in rows:
                     if (r, d, seed, args.epochs) in done:
                         continue  # resume: a run already in --results is not repeated
@@ -467,6 +480,7 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"{d} seed {seed} {r}: {nll:.3f}{begin}, spike "
                           f"{max_epoch_ratio(hist):.2f} (rise {max_epoch_rise(hist):.2f} "
                           f"nats), {time.perf_counter() - start:.0f} s", flush=True)
+    names = [label(name, n if kind == "toy" and not args.quick else None) for name in names]
     records = [r for r in records if r["epochs"] == args.epochs and r["data"] in names
                and args.first_seed <= r["seed"] < args.first_seed + args.seeds]
     print(f"\nTest NLL (nats), mean ± sd (worst) over seeds {args.first_seed}.."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import sys
 from pathlib import Path
@@ -185,6 +186,29 @@ def test_fit_ablation_variants_build_and_differ():
     assert not np.any(net.out.kernel.numpy())
     net = ab.build({**ab.VARIANTS["realnvp_flow"], **two}, 2).flow_layers[1]
     assert np.all(net.out.kernel.numpy()[:, 0] != 0) and not np.any(net.out.kernel.numpy()[:, 1])
+
+
+def test_fit_ablation_records_small_2d_runs_by_their_rows(tmp_path):
+    """``--rows N`` trains on N rows per split and records the run as '<density>, N rows',
+    so that it is never mistaken for (or reused as) a run on the default 8,000 rows."""
+    ab = _load_benchmark("fit_ablation")
+    results = tmp_path / "runs.jsonl"
+    ab.main(["--datasets", "two_moons", "--rows", "96", "--seeds", "1", "--epochs", "1",
+             "--no-peer", "--variants", "realnvp_flow", "--results", str(results)])
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(r["variant"], r["data"]) for r in records] == [("realnvp_flow", "two_moons, 96 rows")]
+    assert np.isfinite(records[0]["nll"]) and len(records[0]["history"]) == 1
+
+
+def test_held_out_tables_load_without_a_download():
+    pytest.importorskip("statsmodels")
+    pytest.importorskip("sklearn")
+    dq = _load_benchmark("density_quality")
+    for name, columns in dq.HELD_OUT_TABLES.items():
+        s = dq.table_split(name, seed=0)
+        width = 4 if columns is None else len(columns)  # iris: 4 measurements
+        assert s.train.shape[1] == s.val.shape[1] == s.test.shape[1] == width, name
+        assert np.isfinite(s.train).all() and abs(s.train.mean(0)).max() < 1e-5, name
 
 
 def test_memory_benchmark_smoke():
