@@ -110,6 +110,21 @@ def test_density_quality_smoke():
     assert lines[4].startswith("| largest epoch rise (nats) |")
 
 
+def test_density_quality_nice_cli_column_only_when_named():
+    """The command line's 2-D NICE trains only when asked for, on 2-D data only, and through
+    the command line's warm-up and cosine schedule."""
+    dq = _load_benchmark("density_quality")
+    budget = dq.Budget(epochs=2, batch_size=64, lr=1e-3, cosine=True)
+    table = dq.run(["two_moons"], [], seeds=1, toy_budget=budget, table_budget=budget,
+                   with_peer=False, toy_n=256, log=lambda *_: None, only=["nice cli"])
+    lines = table.splitlines()
+    assert lines[0] == "| data | true | gaussian | nice cli |"
+    cells = [c.strip() for c in lines[2].split("|")[1:-1]]
+    assert np.isfinite(float(cells[-1])) and float(cells[-1]) > float(cells[1])  # above true
+    assert "nice cli" not in dq.run([], [], seeds=1, toy_budget=budget, table_budget=budget,
+                                    with_peer=False, log=lambda *_: None).splitlines()[0]
+
+
 def test_spike_measures_the_ratio_and_the_rise_in_nats():
     dq = _load_benchmark("density_quality")
     # Near 0 a small rise is a large ratio; below 0 a large rise has no ratio at all.
