@@ -123,6 +123,18 @@ def test_density_quality_nice_cli_column_only_when_named():
     assert np.isfinite(float(cells[-1])) and float(cells[-1]) > float(cells[1])  # above true
     assert "nice cli" not in dq.run([], [], seeds=1, toy_budget=budget, table_budget=budget,
                                     with_peer=False, log=lambda *_: None).splitlines()[0]
+    # The cosine budget decays the rate to a fiftieth by the last step; a constant one stays.
+    models = []
+
+    def build(d):
+        models.append(dq.tc.nice_flow([d], num_couplings=2, hidden_units=(8,)))
+        return models[-1]
+
+    split = dq.toy_split("two_moons", 0, 128)
+    for cosine in (True, False):
+        dq.train_ours(build, split, dq.Budget(2, 64, 1e-3, cosine=cosine), seed=0)
+    assert float(models[0].optimizer.learning_rate) == pytest.approx(2e-5, rel=1e-3)
+    assert float(models[1].optimizer.learning_rate) == pytest.approx(1e-3)
 
 
 def test_spike_measures_the_ratio_and_the_rise_in_nats():
