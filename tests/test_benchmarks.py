@@ -215,6 +215,20 @@ def test_fit_ablation_variants_build_and_differ():
     assert np.all(net.out.kernel.numpy()[:, 0] != 0) and not np.any(net.out.kernel.numpy()[:, 1])
 
 
+def test_fit_ablation_sinh_arcsinh_passes_the_bijector_harness():
+    """The marginal sinh-arcsinh row's bijector, away from its identity start."""
+    from harness import check_bijector, randomize_weights
+
+    ab = _load_benchmark("fit_ablation")
+    bijector = ab.MarginalSinhArcsinh(3, dtype="float64")
+    randomize_weights(bijector, seed=1, scale=0.5)
+    assert np.abs(bijector.tail.log_scale.numpy()).min() > 0  # not the identity
+    check_bijector(bijector, [3], inputs=lambda shape, rng: 3.0 * rng.normal(size=shape))
+    model = ab.build({**ab.VARIANTS["realnvp_flow, sinh-arcsinh"], "couplings": 2,
+                      "hidden": (8,)}, 3)
+    assert any(isinstance(b, ab.MarginalSinhArcsinh) for b in model.bijector.bijectors)
+
+
 def test_fit_ablation_records_small_2d_runs_by_their_rows(tmp_path):
     """``--rows N`` trains on N rows per split and records the run as '<density>, N rows',
     so that it is never mistaken for (or reused as) a run on the default 8,000 rows."""
