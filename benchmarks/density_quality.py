@@ -286,10 +286,14 @@ def peer_available() -> bool:
 
 def run(datasets, tables, seeds: int, toy_budget: Budget, table_budget: Budget,
         with_peer: bool, toy_n: int | None = None, log=print,
-        only: list[str] | None = None) -> str:
+        only: list[str] | None = None, own_budgets: dict[str, Budget] | None = None) -> str:
+    """The table; ``own_budgets`` (default ``TOY_ONLY``) replace the 2-D budget of those
+    contenders."""
+    own_budgets = TOY_ONLY if own_budgets is None else own_budgets
     names = contenders(with_peer)
-    names = {k: v for k, v in names.items() if k not in TOY_ONLY or k in (only or ())}
-    if only is not None:  # rerun some columns; the data of a seed do not depend on the rest
+    if only is None:
+        names = {k: v for k, v in names.items() if k not in TOY_ONLY}
+    else:  # rerun some columns; the data of a seed do not depend on the rest
         names = {k: v for k, v in names.items() if k in only}
     if not tables:
         names = {k: v for k, v in names.items() if k not in TABLE_ONLY}
@@ -314,10 +318,7 @@ def run(datasets, tables, seeds: int, toy_budget: Budget, table_budget: Budget,
                 if build is None:
                     nll, hist = train_zuko(s, budget, seed)
                 else:
-                    own = TOY_ONLY.get(label, budget)
-                    if toy_n is not None and label in TOY_ONLY:  # a smoke run: the run's budget
-                        own = budget
-                    nll, hist = train_ours(build, s, own, seed)
+                    nll, hist = train_ours(build, s, own_budgets.get(label, budget), seed)
                 cells[label].add(nll, hist)
                 log(f"{name} seed {seed} {label}: {nll:.3f} nats, spike "
                     f"{max_epoch_ratio(hist):.2f} (rise {max_epoch_rise(hist):.2f} nats), "
@@ -357,19 +358,19 @@ def main(argv: list[str] | None = None) -> None:
     if not args.no_peer and not with_peer:
         print("torch/zuko not installed (pip install -e '.[benchmarks]'): no peer column",
               file=sys.stderr)
-    toy_n = None
-    if args.quick:
+    toy_n, own_budgets = None, TOY_ONLY
+    if args.quick:  # every contender on the tiny budget
         args.seeds, args.epochs, args.table_epochs, toy_n = 1, 2, 2, 512
-        args.datasets, args.tables = args.datasets[:1], args.tables[:1]
+        args.datasets, args.tables, own_budgets = args.datasets[:1], args.tables[:1], {}
     table = run(args.datasets, args.tables, args.seeds,
                 Budget(args.epochs, args.batch_size, args.lr),
                 Budget(args.table_epochs, args.table_batch_size, args.table_lr),
-                with_peer, toy_n=toy_n, only=args.contenders)
+                with_peer, toy_n=toy_n, only=args.contenders, own_budgets=own_budgets)
     print(f"\nTest NLL, nats per example, mean ± sd (worst) over {args.seeds} seed(s); "
           f"2-D: Adam {args.lr}, batch {args.batch_size}, {args.epochs} epochs; tables: Adam "
           f"{args.table_lr}, batch {args.table_batch_size}, {args.table_epochs} epochs"
           + "".join(f"; {k}: Adam {b.lr}, batch {b.batch_size}, {b.epochs} epochs, warm-up and "
-                    f"cosine decay" for k, b in TOY_ONLY.items() if k in (args.contenders or ()))
+                    f"cosine decay" for k, b in own_budgets.items() if k in (args.contenders or ()))
           + "\n")
     print(table)
 

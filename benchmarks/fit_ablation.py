@@ -258,6 +258,8 @@ class MarginalSinhArcsinh(tc.FlowBijector):
         return tf.sinh(v), ldj
 
     def _inverse_and_log_det(self, y):
+        # The forward's log-det at x (the recorded runs used this form; log1p(y^2) / 2 for
+        # log cosh(v) is equal in exact arithmetic but changes the trained digits).
         a, b = self._params()
         x = tf.sinh(tf.asinh(y) * tf.exp(-b) - a)
         return x, -self._forward_and_log_det(x)[1]
@@ -495,6 +497,7 @@ def main(argv: list[str] | None = None) -> None:
         args.seeds, args.epochs, n = 1, 2, 512
         names = names[:1]
     budget = Budget(args.epochs, 64, 1e-4) if small else Budget(args.epochs, 256, 1e-3)
+    labelled_rows = n if kind == "toy" and not args.quick else None
     peer = peer_available() and not args.no_peer
     if peer:
         import torch
@@ -506,7 +509,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.report:
         done = {(r["variant"], r["data"], r["seed"], r["epochs"]) for r in records}
         for name in names:
-            d = label(name, n if kind == "toy" and not args.quick else None)
+            d = label(name, labelled_rows)
             for seed in range(args.first_seed, args.first_seed + args.seeds):
                 split = toy_split(name, seed, n) if kind == "toy" else table_split(name, seed)
                 for r in rows:
@@ -534,7 +537,7 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"{d} seed {seed} {r}: {nll:.3f}{begin}, spike "
                           f"{max_epoch_ratio(hist):.2f} (rise {max_epoch_rise(hist):.2f} "
                           f"nats), {time.perf_counter() - start:.0f} s", flush=True)
-    names = [label(name, n if kind == "toy" and not args.quick else None) for name in names]
+    names = [label(name, labelled_rows) for name in names]
     records = [r for r in records if r["epochs"] == args.epochs and r["data"] in names
                and args.first_seed <= r["seed"] < args.first_seed + args.seeds]
     print(f"\nTest NLL (nats), mean ± sd (worst) over seeds {args.first_seed}.."

@@ -114,9 +114,10 @@ def test_density_quality_nice_cli_column_only_when_named():
     """The command line's 2-D NICE trains only when asked for, on 2-D data only, and through
     the command line's warm-up and cosine schedule."""
     dq = _load_benchmark("density_quality")
-    budget = dq.Budget(epochs=2, batch_size=64, lr=1e-3, cosine=True)
+    budget = dq.Budget(epochs=2, batch_size=64, lr=1e-3)
     table = dq.run(["two_moons"], [], seeds=1, toy_budget=budget, table_budget=budget,
-                   with_peer=False, toy_n=256, log=lambda *_: None, only=["nice cli"])
+                   with_peer=False, toy_n=256, log=lambda *_: None, only=["nice cli"],
+                   own_budgets={"nice cli": dq.Budget(2, 64, 1e-3, cosine=True)})
     lines = table.splitlines()
     assert lines[0] == "| data | true | gaussian | nice cli |"
     cells = [c.strip() for c in lines[2].split("|")[1:-1]]

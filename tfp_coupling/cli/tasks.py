@@ -228,12 +228,16 @@ def _train(run: RunFolder, config: dict, train: RunData, val: RunData, test: Run
     }
 
 
+def _scores_gaussian_baseline(config: dict, info) -> bool:
+    """Whether a run is scored against the Gaussian fit: continuous vectors, not pixels."""
+    return not (is_image_model(config["model"]) or info.discrete)
+
+
 def _gaussian_baseline(config: dict, train: RunData) -> Callable[[RunData], float] | None:
     """The mean NLL (data units) that the full-covariance Gaussian fitted to the training rows
     (of ``x`` given the context, in a conditional run) gives a split: the baseline a flow must
     beat. None for pixels (a Gaussian of dequantised pixels is no such baseline)."""
-    info = train.info
-    if is_image_model(config["model"]) or info.discrete:
+    if not _scores_gaussian_baseline(config, train.info):
         return None
     if train.context is None:
         gauss = gaussian_fit(train.x, dtype=tf.float64)
@@ -393,8 +397,8 @@ def evaluate(run: RunFolder, args: argparse.Namespace) -> int:
     seed = args.seed if args.seed is not None else noise_seed(config, args.split)
     nll = eval_nll(model, x, info, seed=seed, context=context)
     bpd = info.bits_per_dim(nll)
-    baseline = (None if is_image_model(config["model"]) or info.discrete  # no training rows read
-                else _gaussian_baseline(config, load_run_data(config, "train")))
+    baseline = (_gaussian_baseline(config, load_run_data(config, "train"))
+                if _scores_gaussian_baseline(config, info) else None)  # pixels: rows not read
     gauss = None if baseline is None else baseline(RunData(x, context, info))
     result = {"run": str(run), "dataset": args.dataset or config["dataset"], "split": args.split,
               "examples": len(x), "nll": nll, "bits_per_dim": bpd, "gaussian_nll": gauss}
