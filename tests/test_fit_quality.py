@@ -60,12 +60,88 @@ def test_whitening_starts_the_flow_at_the_full_covariance_gaussian():
          + [5.0, -1.0, 0.0]).astype(np.float32)
     # Identity couplings, so that the flow is the whitening alone: exactly the Gaussian fit.
     model = tc.realnvp_flow([3], num_couplings=2, hidden_units=[8], zero_init=True)
-    assert tc.initialize_from_data(model, x) == 1
+    assert tc.initialize_from_data(model, x) == 3  # the whitening and the 2 conditioners' units
     mean, cov = x.mean(0).astype(np.float64), np.cov(x, rowvar=False, bias=True)
     d = x.astype(np.float64) - mean
     want = -0.5 * (np.einsum("ni,ij,nj->n", d, np.linalg.inv(cov), d)
                    + np.linalg.slogdet(cov)[1] + 3 * np.log(2 * np.pi))
     np.testing.assert_allclose(model.log_prob(x).numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+def _conditioners(model: tc.FlowModel) -> list:
+    return [layer for layer in model.flow_layers if isinstance(layer, tc.nets.MLP)]
+
+
+def _table(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n, 3)) @ np.array([[2.0, 0, 0], [1.5, 0.5, 0], [0, 1, 3]])
+            + [5.0, -1.0, 0.0]).astype(np.float32)
+
+
+def test_realnvp_flow_takes_tanh_units_at_the_gaussian_fit_below_2000_rows():
+    """The default chooses on the first data it is initialised with: fewer than 2000 rows get
+    tanh units and the identity start (the untrained flow is exactly the Gaussian fit); the
+    ReLU units and random start are kept from 2000 rows on."""
+    assert tc.nets.SMALL_DATA_ROWS == 2000
+    for n, small in ((300, True), (1999, True), (2000, False)):
+        x = _table(n)
+        model = tc.realnvp_flow([3], num_couplings=2, hidden_units=[8])
+        nets = _conditioners(model)
+        assert all(isinstance(net, tc.nets.AutoMLP) for net in nets) and len(nets) == 2
+        assert all(np.any(net.out.kernel.numpy()) for net in nets)  # the drawn random start
+        tc.initialize_from_data(model, x)
+        assert [float(net.bounded.numpy()) for net in nets] == [float(small)] * 2, n
+        gauss = tc.gaussian_fit(x).log_prob(x).numpy()
+        if small:
+            assert not any(np.any(w.numpy()) for net in nets for w in net.out.weights)
+            np.testing.assert_allclose(model.log_prob(x).numpy(), gauss, rtol=1e-4, atol=1e-4)
+        else:
+            assert all(np.any(net.out.kernel.numpy()) for net in nets)
+            assert np.abs(model.log_prob(x).numpy() - gauss).max() > 1e-2
+    # fit makes the same choice on its first call, once: a later fit on more rows keeps it.
+    model = tc.realnvp_flow([3], num_couplings=2, hidden_units=[8])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    model.fit(_table(500), batch_size=100, epochs=1, verbose=0)
+    model.fit(_table(3000, seed=1), batch_size=500, epochs=1, verbose=0)
+    assert [float(net.bounded.numpy()) for net in _conditioners(model)] == [1.0, 1.0]
+
+
+def test_realnvp_flow_given_units_and_start_decides_nothing():
+    """Given both, the conditioners are plain MLPs; given one, only the other is decided.
+    Image events (whose initialisation sees at most 512 rows) are not decided by size."""
+    image = tc.realnvp_flow([4, 4, 2], num_couplings=2, hidden_units=[8])
+    assert not any(isinstance(net, tc.nets.AutoMLP) for net in _conditioners(image))
+    assert all(np.any(net.out.kernel.numpy()) for net in _conditioners(image))
+    x = _table(300)
+    both = tc.realnvp_flow([3], num_couplings=2, hidden_units=[8], activation="relu",
+                           zero_init=False)
+    assert not any(isinstance(net, tc.nets.AutoMLP) for net in _conditioners(both))
+    assert tc.initialize_from_data(both, x) == 1  # the whitening only
+    assert all(np.any(net.out.kernel.numpy()) for net in _conditioners(both))
+    units = tc.realnvp_flow([3], num_couplings=2, hidden_units=[8], zero_init=False)
+    tc.initialize_from_data(units, x)
+    assert all(float(net.bounded.numpy()) == 1.0 and np.any(net.out.kernel.numpy())
+               for net in _conditioners(units))
+    start = tc.realnvp_flow([3], num_couplings=2, hidden_units=[8], activation="relu")
+    tc.initialize_from_data(start, x)
+    assert all(not np.any(net.out.kernel.numpy()) for net in _conditioners(start))
+    assert all(net.hidden[0].activation.__name__ == "relu" for net in _conditioners(start))
+
+
+def test_the_choice_of_units_is_saved_with_the_model(tmp_path):
+    """A reloaded flow computes with the units chosen before saving and is not decided again."""
+    keras.utils.set_random_seed(0)
+    x = _table(300)
+    model = tc.realnvp_flow([3], num_couplings=2, hidden_units=[8])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    model.fit(x, batch_size=50, epochs=2, verbose=0)
+    model.save(tmp_path / "flow.keras")
+    loaded = keras.models.load_model(tmp_path / "flow.keras")
+    assert [float(net.bounded.numpy()) for net in _conditioners(loaded)] == [1.0, 1.0]
+    assert not any(layer.pending_init or not layer.is_initialized
+                   for layer in tc.bijectors.data_initialized_layers(loaded))
+    np.testing.assert_allclose(loaded.log_prob(x).numpy(), model.log_prob(x).numpy(), rtol=1e-5)
+    assert tc.initialize_from_data(loaded, _table(3000)) == 0
 
 
 def test_gaussian_fit_is_the_maximum_likelihood_gaussian_the_flows_start_at():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import tfp_coupling as tc
+from tfp_coupling.nets import MLP, AutoMLP
 
 
 def test_mlp_hidden_biases_spread_the_relu_kinks_over_the_data():
@@ -117,3 +118,23 @@ def test_mlp_dropout_acts_in_training_only():
     for rate in (-0.1, 1.0, float("nan")):
         with pytest.raises(ValueError, match="dropout must be in \\[0, 1\\)"):
             tc.nets.MLP([8], output_shape=[2], dropout=rate)
+
+
+@pytest.mark.parametrize("bounded", [1.0, 0.0])
+def test_auto_mlp_computes_the_units_its_choice_names(bounded):
+    """With the same weights an AutoMLP equals MLP(activation="tanh") when ``bounded`` is 1 and
+    MLP(activation="relu") when it is 0 (and differs from the other)."""
+    x = np.random.default_rng(0).normal(size=(16, 3)).astype("float32") * 2
+    auto = AutoMLP([8, 8], output_shape=[4], zero_init=False)
+    auto(x)
+    auto.bounded.assign(bounded)
+    outs = {}
+    for act in ("tanh", "relu"):
+        mlp = MLP([8, 8], output_shape=[4], activation=act, zero_init=False)
+        mlp(x)
+        for a, b in zip([*auto.hidden, auto.out], [*mlp.hidden, mlp.out], strict=True):
+            b.set_weights(a.get_weights())
+        outs[act] = mlp(x).numpy()
+    same, other = ("tanh", "relu") if bounded else ("relu", "tanh")
+    np.testing.assert_allclose(auto(x).numpy(), outs[same], rtol=1e-6, atol=1e-6)
+    assert np.abs(auto(x).numpy() - outs[other]).max() > 1e-2

@@ -15,7 +15,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["MLP", "FlatMLP", "ResNet", "conditioner_policy"]
+from tfp_coupling.bijectors.actnorm import DataInitializedParams
+
+__all__ = ["MLP", "SMALL_DATA_ROWS", "AutoMLP", "FlatMLP", "ResNet", "conditioner_policy"]
+
+# Below this many training rows an AutoMLP takes tanh units and starts at the identity.
+SMALL_DATA_ROWS = 2000
 
 
 def conditioner_policy(flow_dtype: tf.DType) -> str | None:
@@ -137,10 +142,13 @@ class MLP(keras.layers.Layer):
     def call(self, inputs, training=None):
         h = self.flatten(inputs)
         for i, layer in enumerate(self.hidden):
-            h = layer(h)
+            h = self._activate(layer(h))
             if self.drop:
                 h = self.drop[i](h, training=training)
         return self.reshape(self.out(h))
+
+    def _activate(self, h):
+        return h  # the Dense layers apply the activation
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], *self.output_shape_)
@@ -155,6 +163,82 @@ class MLP(keras.layers.Layer):
             "random_outputs": self.random_outputs,
             "dropout": self.dropout,
         }
+
+
+@keras.saving.register_keras_serializable(package="tfp_coupling")
+class AutoMLP(MLP, DataInitializedParams):
+    """An :class:`MLP` whose hidden units and start are chosen by the size of its training data.
+
+    With ``activation="auto"`` the hidden units are ``tanh`` if the data it is first
+    initialised with (:func:`tfp_coupling.initialize_from_data`, which ``FlowModel.fit`` runs
+    on its first call with up to 4096 training rows) has fewer than ``SMALL_DATA_ROWS`` (2000)
+    rows, and ``relu`` otherwise; with ``small_data_identity`` the output layer is also set to
+    zero there, so that the coupling starts as the identity whatever ``random_outputs`` drew.
+    Before that initialisation the layer computes ReLU units from its drawn start.
+
+    Why: on a few hundred rows bounded units and a start at the identity keep a flow from
+    extrapolating far beyond the training rows (a whitened flow then starts as the Gaussian fit,
+    which model selection can keep), while on thousands of rows ReLU units fit sharp densities
+    better (``benchmarks/README.md``, "One default for tables and 2-D data"). The choice is the
+    non-trainable weight ``bounded`` (1.0: tanh), saved with the model, so a reloaded or resumed
+    model keeps it; the units are ``where(bounded, tanh(z), relu(z))``, one traced graph.
+
+    Example:
+        >>> import numpy as np
+        >>> import tfp_coupling as tc
+        >>> from tfp_coupling.nets import AutoMLP
+        >>> net = AutoMLP([8], output_shape=[2], random_outputs=1)
+        >>> x = np.ones((4, 3), "float32")
+        >>> float(np.abs(net(x)).max()) > 0  # the drawn start: a random first output
+        True
+        >>> net.initialize_from(np.zeros((300, 3), "float32"))  # 300 rows: small data
+        >>> float(net.bounded.numpy()), float(np.abs(net(x)).max())  # tanh, identity start
+        (1.0, 0.0)
+    """
+
+    def __init__(
+        self,
+        hidden_units: Sequence[int],
+        output_shape: Sequence[int] | int,
+        activation: str = "auto",
+        small_data_identity: bool = True,
+        zero_init: bool = True,
+        random_outputs: int = 0,
+        dropout: float = 0.0,
+        **kwargs,
+    ) -> None:
+        super().__init__(hidden_units, output_shape,
+                         activation="linear" if activation == "auto" else activation,
+                         zero_init=zero_init, random_outputs=random_outputs, dropout=dropout,
+                         **kwargs)
+        self.activation = activation
+        self.small_data_identity = bool(small_data_identity)
+        self.bounded = self.add_weight(shape=(), initializer="zeros", name="bounded",
+                                       trainable=False)
+
+    def initialize_from(self, y: tf.Tensor) -> None:
+        """Chooses the units (and the start) from the number of rows of ``y`` (eager)."""
+        self._require_eager()
+        small = int(y.shape[0]) < SMALL_DATA_ROWS
+        if self.activation == "auto":
+            self.bounded.assign(1.0 if small else 0.0)
+        if small and self.small_data_identity:
+            for weight in (self.out.kernel, self.out.bias):
+                weight.assign(keras.ops.zeros_like(weight))
+        self.initialized.assign(1.0)
+
+    def call(self, inputs, training=None):
+        self.initialize_if_pending(inputs)
+        return super().call(inputs, training=training)
+
+    def _activate(self, h):
+        if self.activation != "auto":
+            return h
+        return keras.ops.where(self.bounded > 0.5, keras.ops.tanh(h), keras.ops.relu(h))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "activation": self.activation,
+                "small_data_identity": self.small_data_identity}
 
 
 class _Dropout(keras.layers.Dropout):

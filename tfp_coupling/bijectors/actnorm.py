@@ -23,7 +23,8 @@ __all__ = [
 
 
 class DataInitializedParams(keras.layers.Layer):
-    """Base of the weight layers that are set from data before training (ActNorm, TriLAffine).
+    """Base of the layers that are set from data before training (ActNorm, TriLAffine, and the
+    ``AutoMLP`` conditioners, which choose their units by the number of rows).
 
     Holds a non-trainable scalar ``initialized`` (0.0 until :meth:`initialize_from` has run,
     then 1.0), saved with the model so a reloaded model is not initialised again, and the
@@ -193,12 +194,13 @@ def data_initialized_layers(model) -> list[DataInitializedParams]:
 
 
 def initialize_from_data(model, x, force: bool = False, seed: int = 0, context=None) -> int:
-    """Data-dependent initialisation of every ``ActNorm`` and ``TriLAffine`` in ``model``.
+    """Data-dependent initialisation of every ``ActNorm``, ``TriLAffine`` and ``AutoMLP``.
 
     Runs one eager ``model.log_prob`` pass over the batch ``x`` in which each not yet initialised
     layer (all of them if ``force``) sets its weights from the activations reaching it: an
     ActNorm maps them to zero mean and unit variance per channel, a TriLAffine whitens them
-    (zero mean, identity covariance). If the model dequantises (``model.dequantize``), uniform
+    (zero mean, identity covariance), an ``AutoMLP`` conditioner chooses its units (and start)
+    by their number of rows. If the model dequantises (``model.dequantize``), uniform
     noise is added to ``x`` first, as in training. ``FlowModel.fit`` calls it on its first call;
     it is not meant to run inside ``tf.function``/XLA. ``initialize_actnorm`` is the same
     function under its older name.

@@ -65,11 +65,14 @@ def _coupling_stack(
     mixing: str | None = None,
     random_shift: bool = False,
     dropout: float = 0.0,
+    small_data_identity: bool = False,
     **coupling_kwargs,
 ) -> list:
     """The couplings with alternating masks; with ``mixing="lu"`` an :class:`LULinear` between
     every two of them (vector events only). ``random_shift`` draws the first ``b`` outputs of
-    each zero-initialised conditioner (an affine coupling's shifts) at random."""
+    each zero-initialised conditioner (an affine coupling's shifts) at random.
+    ``activation="auto"`` or ``small_data_identity`` make the conditioners
+    :class:`~tfp_coupling.nets.AutoMLP`s, which choose by the training data's size."""
     if int(num_couplings) < 1:
         raise ValueError(f"num_couplings must be >= 1, got {num_couplings}")
     if mixing not in (None, "lu"):
@@ -87,9 +90,12 @@ def _coupling_stack(
         b_shape = masks.Partition(m).b_shape
         params = coupling_cls.num_params if num_params is None else num_params
         out_shape = (*b_shape[:-1], params * b_shape[-1])
-        net = nets.MLP(hidden_units, out_shape, activation=activation, zero_init=zero_init,
-                       random_outputs=b_shape[-1] if random_shift else 0, dropout=dropout,
-                       dtype=policy, name=f"{name}_conditioner_{i}")
+        auto = {"small_data_identity": small_data_identity} if (
+            activation == "auto" or small_data_identity) else {}
+        net = (nets.AutoMLP if auto else nets.MLP)(
+            hidden_units, out_shape, activation=activation, zero_init=zero_init,
+            random_outputs=b_shape[-1] if random_shift else 0, dropout=dropout, dtype=policy,
+            name=f"{name}_conditioner_{i}", **auto)
         stack.append(coupling_cls(m, net, dtype=dtype, name=f"{name}_coupling_{i}",
                                   **coupling_kwargs))
     return stack
@@ -156,11 +162,11 @@ def realnvp_flow(
     mask: str | None = None,
     log_scale_clamp: float | None = 2.0,
     shift_clamp: float | None = 5.0,
-    activation: str = "relu",
+    activation: str = "auto",
     whiten: bool = True,
     normalizing: bool = True,
     mixing: str | None = None,
-    zero_init: bool = False,
+    zero_init: bool | None = None,
     fade_outside: float | None = None,
     dropout: float = 0.0,
     context_shape: Sequence[int] | None = None,
@@ -179,19 +185,32 @@ def realnvp_flow(
     ``zero_init=True``), and the couplings learn what is not Gaussian. On small correlated
     tables this decides whether the flow beats that Gaussian at all.
 
-    The conditioners' output layers start with their shift columns random (uniform in
-    ``±1/sqrt(fan_in)``, as the hidden layers) and their log-scale columns at 0: each coupling
-    starts as a random shift of ``x_b`` given ``x_a``, a map of constant volume, so the start
-    keeps the Gaussian fit's volume without sitting at the identity. Paired against the
-    identity start (``zero_init=True``) over 20 seeds (``fit_ablation.py``): eight Gaussians
-    -0.035 ± 0.007 nats, pinwheel -0.024 ± 0.007, two moons -0.020 ± 0.009, circles -0.056 ±
-    0.030; against zuko's RealNVP, eight Gaussians -0.026 ± 0.011 (the identity start was
-    0.010 above zuko there, and no identity-started run ended below 3.008).
-    On small tables it fits worse (``density_quality.py``, 5 seeds: wine +0.36 nats,
-    breast_cancer +1.30, diabetes -0.13): pass ``zero_init=True`` there, so that the untrained
-    flow is the Gaussian fit and model selection can keep it, and for flattened pixels, whose
-    near-constant background a random shift moves by many standard deviations (the command
-    line does both).
+    **Units and start, chosen by the training data's size** (``activation="auto"``,
+    ``zero_init=None``): the first ``fit`` (or :func:`tfp_coupling.initialize_from_data`)
+    counts the rows it initialises from (up to 4096). Below ``tc.nets.SMALL_DATA_ROWS`` (2000)
+    the conditioners take ``tanh`` units and start at the identity, so the untrained flow is
+    exactly the Gaussian fit and model selection can keep it; from 2000 rows on they take ReLU
+    units and the random start below. The choice is a saved weight of each
+    :class:`tfp_coupling.nets.AutoMLP`; until it is made the flow computes ReLU units from the
+    random start. Passing ``activation`` or ``zero_init`` fixes that half of the choice; image
+    events ``(H, W, C)`` take ReLU and the random start (the image builders are the better
+    choice there). Why
+    (``benchmarks/README.md``, "Units chosen by the number of rows"): ReLU units extrapolate
+    linearly, and on a few hundred or thousand rows trained long they send some test rows far
+    out (ReLU with the random start: wine +0.52 and breast_cancer +2.45 nats above the
+    Gaussian fit; 2-D samples of 1000 rows, one seed in five of circles at 20.1 nats); bounded
+    units at the Gaussian fit had no such seed. On 8000 rows ReLU units fit the sharp 2-D
+    densities better, as well as zuko's RealNVP or better.
+
+    The random start: the conditioners' output layers start with their shift columns random
+    (uniform in ``±1/sqrt(fan_in)``, as the hidden layers) and their log-scale columns at 0:
+    each coupling starts as a random shift of ``x_b`` given ``x_a``, a map of constant volume,
+    so the start keeps the Gaussian fit's volume without sitting at the identity. Paired
+    against the identity start over 20 seeds (``fit_ablation.py``): eight Gaussians -0.035 ±
+    0.007 nats, pinwheel -0.024 ± 0.007, two moons -0.020 ± 0.009, circles -0.056 ± 0.030;
+    against zuko's RealNVP, eight Gaussians -0.026 ± 0.011. Flattened pixels need
+    ``zero_init=True`` whatever their number: a random shift moves their near-constant
+    background by many standard deviations (the command line passes both settings itself).
 
     The clamp of 2 (the bijector's default is 5) was chosen by ``benchmarks/fit_ablation.py``:
     with 5, one of three eight-Gaussians seeds ended at a test NLL of 85 nats (a few test
@@ -224,18 +243,19 @@ def realnvp_flow(
     coordinates leaves ``[-B, B]`` (raw conditioner outputs times ``exp(-sum relu(|x_a| -
     B)^2)``; see :class:`tfp_coupling.Coupling`), so a row far from the training rows keeps
     the whitened Gaussian's tail instead of what ReLU conditioners extrapolate there. On small
-    tables that is where this flow loses to the Gaussian fit. ``B = 3`` (``fit_ablation.py``,
-    5 seeds, paired against the default): breast_cancer -6.1 nats, wine -0.43, diabetes +0.14;
-    but the fade also acts during training, and on 2-D data it is not free (pinwheel +0.016
-    on 5 of 5 seeds, two moons +0.010), so it is off by default. For tables,
-    ``activation="tanh", zero_init=True`` remains the better setting (and the fade makes it
-    worse: diabetes +0.73, breast_cancer +1.44).
+    tables that is where ReLU units lose to the Gaussian fit. ``B = 3`` (``fit_ablation.py``,
+    5 seeds, paired against ReLU with the random start): breast_cancer -6.1 nats, wine -0.43,
+    diabetes +0.14; but the fade also acts during training, and on 2-D data it is not free
+    (pinwheel +0.016 on 5 of 5 seeds, two moons +0.010), so it is off by default. For tables,
+    tanh units at the identity (what the default picks below 2000 rows) remain the better
+    setting, and the fade makes them worse: diabetes +0.73, breast_cancer +1.44.
 
     ``dropout=p`` puts dropout at rate ``p`` after every conditioner hidden layer, active only in
     training (``fit``): ``log_prob``, ``sample`` and the exported flow are one fixed bijection.
     Off by default: at 0.1 it costs 2-D fit (two moons +0.041, pinwheel +0.050 nats, worse on
-    5 of 5 seeds, ``fit_ablation.py``). At 0.3 on the small tables, paired against the default:
-    breast_cancer -7.6 nats, diabetes -0.31, wine -0.04 (still above the Gaussian fit there).
+    5 of 5 seeds, ``fit_ablation.py``). At 0.3 on the small tables, paired against ReLU with the
+    random start: breast_cancer -7.6 nats, diabetes -0.31, wine -0.04; against tanh at the
+    identity: breast_cancer -2.0, diabetes +0.77.
 
     Example:
         >>> import tfp_coupling as tc
@@ -246,11 +266,14 @@ def realnvp_flow(
     dtype = tf.as_dtype(dtype)
     config = builder_config(realnvp_flow, locals())
     name = name or "realnvp"
+    if len(event_shape) != 1:  # image events count at most 512 rows: no choice by size
+        activation = "relu" if activation == "auto" else activation
+        zero_init = False if zero_init is None else zero_init
     steps = _whitening(event_shape, whiten, dtype, name) + _coupling_stack(
         AffineCoupling, event_shape, num_couplings, hidden_units, mask, activation, dtype, name,
         log_scale_clamp=log_scale_clamp, shift_clamp=shift_clamp, normalizing=normalizing,
         mixing=mixing, random_shift=not zero_init, fade_outside=fade_outside, dropout=dropout,
-        context_shape=context_shape)
+        small_data_identity=zero_init is None, context_shape=context_shape)
     return FlowModel(Chain(steps, name=name), event_shape, flow_dtype=dtype,
                      flow_config=config, context_shape=context_shape, name=name)
 

@@ -412,8 +412,9 @@ class FlowModel(keras.Model):
         shuffle of arrays repeats one order in every epoch once a global seed is set
         (:func:`tfp_coupling.model.keras_workarounds.reshuffling_dataset`).
 
-        On the first call, layers initialised from data (``ActNorm``, ``TriLAffine``) that are
-        not initialised yet are set from the first training rows (up to 4096 for vector events,
+        On the first call, layers initialised from data (``ActNorm``, ``TriLAffine``, the
+        ``AutoMLP`` conditioners of ``realnvp_flow``'s default) that are not initialised yet
+        are set from the first training rows (up to 4096 for vector events,
         512 for images; see :func:`tfp_coupling.initialize_from_data`).
         """
         inputs.check_data(x, self.event_shape, self.name, "x")
