@@ -10,9 +10,12 @@ Contenders:
 
 * ``gaussian``: full-covariance Gaussian fitted (maximum likelihood) on the training rows.
 * ``nice``, ``realnvp``: ``tc.nice_flow`` / ``tc.realnvp_flow`` with their defaults. The
-  RealNVP default (8 couplings, hidden [64, 64]) is also the matched budget of the peer.
+  RealNVP default (8 couplings, hidden [64, 64]) is also the matched budget of the peer. Its
+  units and start follow the training rows: tanh at the identity on the tables (fewer than
+  2000 rows), ReLU with a random start on the 2-D densities (8,000 rows).
 * ``realnvp tanh`` (tables only): ``tc.realnvp_flow(..., activation="tanh", zero_init=True)``,
-  what the README and the command line use for tables.
+  what the command line uses for tables: the same setting as ``realnvp`` there, given
+  explicitly (other weight draws: the random start is not drawn).
 * ``nice cli`` (2-D only, only when named in ``--contenders``): the command line's NICE on
   2-D data, ``tc.nice_flow(..., num_couplings=16, hidden_units=[256, 256])``, trained as
   ``tfp-coupling train`` does (200 epochs, Adam 1e-3 with a 5-epoch warm-up and cosine decay,

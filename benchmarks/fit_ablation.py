@@ -213,6 +213,9 @@ VARIANTS: dict[str, dict] = {
                                    "sinh_arcsinh": True},
     "table setting, sinh-arcsinh": {"builder": True, "shift_clamp": 5.0, "activation": "tanh",
                                     "sinh_arcsinh": True},
+    # realnvp_flow as a user calls it: units and start chosen by the training rows (tanh at
+    # the identity below 2000, else ReLU with the random start: the "realnvp_flow" row).
+    "realnvp_flow, auto": {"builder": "auto"},
     "nice": {"builder": "nice", "couplings": 4},
     "nice 8": {"builder": "nice", "couplings": 8},
     "nice 8, zero init": {"builder": "nice", "couplings": 8, "zero_init": True},
@@ -313,6 +316,8 @@ def normalizing(cls):
 
 def build(variant: dict, dim: int) -> tc.FlowModel:
     couplings, hidden = variant.get("couplings", 8), variant.get("hidden", (64, 64))
+    if variant.get("builder") == "auto":
+        return tc.realnvp_flow([dim], num_couplings=couplings, hidden_units=hidden)
     if variant.get("builder") == "nice":
         return tc.nice_flow([dim], num_couplings=couplings, hidden_units=hidden,
                             zero_init=variant.get("zero_init", False),
