@@ -176,12 +176,13 @@ class AutoMLP(MLP, DataInitializedParams):
     zero there, so that the coupling starts as the identity whatever ``random_outputs`` drew.
     Before that initialisation the layer computes ReLU units from its drawn start.
 
-    Why: on a few hundred rows bounded units and a start at the identity keep a flow from
-    extrapolating far beyond the training rows (a whitened flow then starts as the Gaussian fit,
-    which model selection can keep), while on thousands of rows ReLU units fit sharp densities
-    better (``benchmarks/README.md``, "One default for tables and 2-D data"). The choice is the
-    non-trainable weight ``bounded`` (1.0: tanh), saved with the model, so a reloaded or resumed
-    model keeps it; the units are ``where(bounded, tanh(z), relu(z))``, one traced graph.
+    Why: on a few hundred or thousand rows bounded units and a start at the identity keep a
+    flow from extrapolating far beyond the training rows (a whitened flow then starts as the
+    Gaussian fit, which model selection can keep), while on 8,000 rows ReLU units fit sharp
+    densities better (``benchmarks/README.md``, "Units chosen by the number of rows"). The
+    choice is the non-trainable weight ``bounded`` (1.0: tanh), saved with the model, so a
+    reloaded or resumed model keeps it; the units are ``where(bounded, tanh(z), relu(z))``,
+    one traced graph.
 
     Example:
         >>> import numpy as np
