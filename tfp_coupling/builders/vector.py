@@ -193,8 +193,7 @@ def realnvp_flow(
     units and the random start below. The choice is a saved weight of each
     :class:`tfp_coupling.nets.AutoMLP`; until it is made the flow computes ReLU units from the
     random start. Passing ``activation`` or ``zero_init`` fixes that half of the choice; image
-    events ``(H, W, C)`` take ReLU and the random start (the image builders are the better
-    choice there). Why
+    events ``(H, W, C)`` take ReLU and the random start, as before. Why
     (``benchmarks/README.md``, "Units chosen by the number of rows"): ReLU units extrapolate
     linearly, and on a few hundred or thousand rows trained long they send some test rows far
     out (ReLU with the random start: wine +0.52 and breast_cancer +2.45 nats above the
