@@ -199,7 +199,10 @@ def realnvp_flow(
     out (ReLU with the random start: wine +0.52 and breast_cancer +2.45 nats above the
     Gaussian fit; 2-D samples of 1000 rows, one seed in five of circles at 20.1 nats); bounded
     units at the Gaussian fit had no such seed. On 8000 rows ReLU units fit the sharp 2-D
-    densities better, as well as zuko's RealNVP or better.
+    densities better, as well as zuko's RealNVP or better. That was measured training small
+    data for hundreds of epochs; with few steps tanh units at the identity lag (two moons,
+    1000 rows, 120 steps of Adam 1e-3: 0.31 nats behind ReLU): pass ``activation="relu",
+    zero_init=False`` there, or train longer.
 
     The random start: the conditioners' output layers start with their shift columns random
     (uniform in ``±1/sqrt(fan_in)``, as the hidden layers) and their log-scale columns at 0:
