@@ -126,6 +126,7 @@ def test_realnvp_flow_given_units_and_start_decides_nothing():
     tc.initialize_from_data(start, x)
     assert all(not np.any(net.out.kernel.numpy()) for net in _conditioners(start))
     assert all(net.hidden[0].activation.__name__ == "relu" for net in _conditioners(start))
+    assert all(net.bounded is None for net in _conditioners(start))  # no choice of units kept
 
 
 def test_the_choice_of_units_is_saved_with_the_model(tmp_path):

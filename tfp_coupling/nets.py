@@ -180,9 +180,9 @@ class AutoMLP(MLP, DataInitializedParams):
     flow from extrapolating far beyond the training rows (a whitened flow then starts as the
     Gaussian fit, which model selection can keep), while on 8,000 rows ReLU units fit sharp
     densities better (``benchmarks/README.md``, "Units chosen by the number of rows"). The
-    choice is the non-trainable weight ``bounded`` (1.0: tanh), saved with the model, so a
-    reloaded or resumed model keeps it; the units are ``where(bounded, tanh(z), relu(z))``,
-    one traced graph.
+    choice is the non-trainable weight ``bounded`` (1.0: tanh; only with ``activation="auto"``),
+    saved with the model, so a reloaded or resumed model keeps it; the units are
+    ``where(bounded, tanh(z), relu(z))``, one traced graph.
 
     Example:
         >>> import numpy as np
@@ -214,8 +214,10 @@ class AutoMLP(MLP, DataInitializedParams):
                          **kwargs)
         self.activation = activation
         self.small_data_identity = bool(small_data_identity)
+        # The choice of units, a weight so that checkpoints and .keras files restore it; none
+        # when the units are given.
         self.bounded = self.add_weight(shape=(), initializer="zeros", name="bounded",
-                                       trainable=False)
+                                       trainable=False) if activation == "auto" else None
 
     def initialize_from(self, y: tf.Tensor) -> None:
         """Chooses the units (and the start) from the number of rows of ``y`` (eager)."""

@@ -90,12 +90,12 @@ def _coupling_stack(
         b_shape = masks.Partition(m).b_shape
         params = coupling_cls.num_params if num_params is None else num_params
         out_shape = (*b_shape[:-1], params * b_shape[-1])
-        auto = {"small_data_identity": small_data_identity} if (
-            activation == "auto" or small_data_identity) else {}
-        net = (nets.AutoMLP if auto else nets.MLP)(
+        chosen_by_data = activation == "auto" or small_data_identity
+        extra = {"small_data_identity": small_data_identity} if chosen_by_data else {}
+        net = (nets.AutoMLP if chosen_by_data else nets.MLP)(
             hidden_units, out_shape, activation=activation, zero_init=zero_init,
             random_outputs=b_shape[-1] if random_shift else 0, dropout=dropout, dtype=policy,
-            name=f"{name}_conditioner_{i}", **auto)
+            name=f"{name}_conditioner_{i}", **extra)
         stack.append(coupling_cls(m, net, dtype=dtype, name=f"{name}_coupling_{i}",
                                   **coupling_kwargs))
     return stack
