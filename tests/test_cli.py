@@ -553,8 +553,8 @@ def test_nice_on_2d_data_gets_a_larger_longer_unclipped_run(tmp_path):
     def settings(c: dict) -> tuple:
         return c["couplings"], c["hidden_units"], c["clipnorm"]
 
-    assert settings(config("rings", "--model", "nice", "--dataset", "rings")) == (
-        16, [256, 256], 0.0)
+    rings = config("rings", "--model", "nice", "--dataset", "rings")
+    assert settings(rings) == (16, [256, 256], 0.0)
     # What the user gives is kept; other data and models keep their defaults.
     assert settings(config("given", "--model", "nice", "--couplings", "2", "--hidden", "8",
                            "--clipnorm", "0.5")) == (2, [8], 0.5)
@@ -562,6 +562,11 @@ def test_nice_on_2d_data_gets_a_larger_longer_unclipped_run(tmp_path):
     np.save(table, np.random.default_rng(0).normal(size=(200, 3)))
     assert settings(config("table", "--model", "nice", "--dataset", str(table),
                            "--couplings", "2")) == (2, [128, 128], 1.0)
+
+    # Without nice_flow's sine units (with them this larger, unclipped NICE diverged once).
+    nets = [layer for layer in tasks.build_model(rings).flow_layers
+            if isinstance(layer, tc.nets.MLP)]
+    assert len(nets) == 16 and all(net.sine_scale is None for net in nets)
     assert settings(config("realnvp", "--couplings", "2")) == (2, [64, 64], 1.0)
     # The epochs too (a run of 200 is not made here): parsed as the command line does.
     from tfp_coupling.cli import commands, options, parser

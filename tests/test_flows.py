@@ -66,6 +66,35 @@ def test_flow_harness_fade_outside():
     check_flow(model, batch_shapes=((), (2, 3)))
 
 
+def _sine_scales(model: tc.FlowModel) -> list:
+    return [layer.sine_scale for layer in model.flow_layers if isinstance(layer, tc.nets.MLP)]
+
+
+@pytest.mark.parametrize("event_shape", [[2], [3]], ids=str)
+def test_flow_harness_nice_sine_units(event_shape):
+    """nice_flow's default gives sine units to the conditioners that see one coordinate:
+    every one on 2-D data, every other one on 3-D (``x_a`` alternates between 1 and 2)."""
+    model = small_flow("nice", event_shape, num_couplings=3)
+    want = {2: [3.0, 3.0, 3.0], 3: [3.0, None, 3.0]}[event_shape[0]]
+    assert _sine_scales(model) == want
+    check_flow(model, batch_shapes=((), (2, 3)))
+
+
+def test_nice_sine_units_only_where_the_conditioner_sees_one_coordinate():
+    assert _sine_scales(tc.nice_flow([4], num_couplings=2)) == [None, None]
+    assert _sine_scales(tc.nice_flow([2], num_couplings=2, context_shape=[1])) == [None, None]
+    assert _sine_scales(tc.nice_flow([2], num_couplings=2, sine_scale=None)) == [None, None]
+    assert _sine_scales(tc.nice_flow([6], num_couplings=2, sine_scale=1.5)) == [1.5, 1.5]
+    with pytest.raises(ValueError, match="sine_scale must be a positive number, 'auto' or None"):
+        tc.nice_flow([2], sine_scale="on")
+    # A file saved before the option existed rebuilds without sine units.
+    model = tc.nice_flow([2], num_couplings=2)
+    config = {k: v for k, v in model.get_config()["flow_config"].items() if k != "sine_scale"}
+    assert _sine_scales(type(model).from_config({"name": "old", "flow_config": config})) == [
+        None, None]
+    assert _sine_scales(type(model).from_config(model.get_config())) == [3.0, 3.0]
+
+
 @pytest.mark.parametrize("bounded", [1.0, 0.0], ids=["tanh", "relu"])
 def test_flow_harness_units_chosen_by_the_data(bounded):
     """The default realnvp_flow with either choice of its conditioners' units (random weights,

@@ -138,3 +138,31 @@ def test_auto_mlp_computes_the_units_its_choice_names(bounded):
     same, other = ("tanh", "relu") if bounded else ("relu", "tanh")
     np.testing.assert_allclose(auto(x).numpy(), outs[same], rtol=1e-6, atol=1e-6)
     assert np.abs(auto(x).numpy() - outs[other]).max() > 1e-2
+
+
+def test_mlp_sine_units_in_the_first_layer_only():
+    """``sine_scale=w``: the first hidden layer computes ``sin(W_1 x + b_1)`` with ``W_1, b_1``
+    drawn in ``±w/sqrt(fan_in)``, the later ones keep their activation; the setting is saved."""
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).normal(size=(64, 1)).astype("float32")
+    net = MLP([32, 16], output_shape=[2], zero_init=False, sine_scale=3.0)
+    out = net(x).numpy()
+    first, second = net.hidden
+    for weight in (first.kernel, first.bias):
+        w = np.abs(weight.numpy())
+        assert w.max() <= 3.0 and w.max() > 1.5, w  # fan-in 1: the range is ±3
+    h = np.sin(x @ first.kernel.numpy() + first.bias.numpy())
+    h = np.maximum(h @ second.kernel.numpy() + second.bias.numpy(), 0.0)
+    np.testing.assert_allclose(out, h @ net.out.kernel.numpy() + net.out.bias.numpy(),
+                               rtol=1e-5, atol=1e-5)
+    limit = 1.0 / np.sqrt(32)  # the second layer as without sine units
+    assert np.abs(second.kernel.numpy()).max() <= limit
+    again = MLP.from_config(net.get_config())
+    assert again.sine_scale == 3.0
+    assert MLP([8], output_shape=[2]).sine_scale is None
+    assert AutoMLP([8], output_shape=[2], sine_scale=2.0).sine_scale == 2.0
+    for bad in (0.0, -1.0, float("inf")):
+        with pytest.raises(ValueError, match="sine_scale must be a positive number"):
+            MLP([8], output_shape=[2], sine_scale=bad)
+    with pytest.raises(ValueError, match="sine_scale needs at least one hidden layer"):
+        MLP([], output_shape=[2], sine_scale=3.0)
