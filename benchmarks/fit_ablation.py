@@ -228,6 +228,13 @@ VARIANTS: dict[str, dict] = {
     # wider couplings, run with a longer --epochs.
     "nice 16x256, whiten": {"builder": "nice", "couplings": 16, "hidden": (256, 256),
                             "whiten": True},
+    # Sine units in the conditioners' first layer (Fourier features), drawn 3x wider: on a
+    # one-coordinate x_a they represent the high-frequency shears that leave the plateau.
+    "nice 8, whiten, sine first x3": {"builder": "nice", "couplings": 8, "whiten": True,
+                                      "first_activation": "sin", "first_scale": 3.0},
+    "nice_flow": {"builder": "nice", "couplings": 8, "whiten": True, "sine_scale": "auto"},
+    "realnvp_flow, sine first x3": {"builder": "auto", "first_activation": "sin",
+                                    "first_scale": 3.0},
 }
 
 
@@ -317,12 +324,16 @@ def normalizing(cls):
 def build(variant: dict, dim: int) -> tc.FlowModel:
     couplings, hidden = variant.get("couplings", 8), variant.get("hidden", (64, 64))
     if variant.get("builder") == "auto":
-        return tc.realnvp_flow([dim], num_couplings=couplings, hidden_units=hidden)
+        model = tc.realnvp_flow([dim], num_couplings=couplings, hidden_units=hidden)
+        return _first_activation(variant, _scale_first_layers(variant, model))
     if variant.get("builder") == "nice":
-        return tc.nice_flow([dim], num_couplings=couplings, hidden_units=hidden,
-                            zero_init=variant.get("zero_init", False),
-                            whiten=variant.get("whiten", False),
-                            activation=variant.get("activation", "relu"))
+        # Rows without "sine_scale" were recorded before nice_flow had sine units.
+        model = tc.nice_flow([dim], num_couplings=couplings, hidden_units=hidden,
+                             zero_init=variant.get("zero_init", False),
+                             whiten=variant.get("whiten", False),
+                             activation=variant.get("activation", "relu"),
+                             sine_scale=variant.get("sine_scale"))
+        return _first_activation(variant, _scale_first_layers(variant, model))
     if variant.get("builder"):
         # A row without "shift_clamp" builds the unbounded shift it was recorded with (the
         # default before realnvp_flow bounded it), and one without "zero_init" the identity
@@ -333,7 +344,8 @@ def build(variant: dict, dim: int) -> tc.FlowModel:
             shift_clamp=variant.get("shift_clamp"), zero_init=variant.get("zero_init", True),
             log_scale_clamp=variant.get("log_scale_clamp", 2.0),
             fade_outside=variant.get("fade_outside"), dropout=variant.get("dropout", 0.0))
-        for adjust in (_scale_first_layers, _later_activation, _random_shift, _sinh_arcsinh):
+        for adjust in (_scale_first_layers, _first_activation, _later_activation, _random_shift,
+                       _sinh_arcsinh):
             model = adjust(variant, model)  # each returns the model unchanged if not asked for
         return model
     if variant.get("sigmoid"):
@@ -391,6 +403,20 @@ def _scale_first_layers(variant: dict, model: tc.FlowModel) -> tc.FlowModel:
             assert layer.hidden[0].weights, "the conditioners are built with the flow"
             for w in layer.hidden[0].weights:
                 w.assign(w * variant["first_scale"])
+    return model
+
+
+def _first_activation(variant: dict, model: tc.FlowModel) -> tc.FlowModel:
+    """``first_activation="sin"``: every conditioner's first hidden layer computes sine units,
+    as an ``MLP(sine_scale=first_scale)`` does (``_scale_first_layers`` drew the weights;
+    set before any call is traced, so the sine units are the ones trained)."""
+    if "first_activation" not in variant:
+        return model
+    assert variant["first_activation"] == "sin", variant
+    for layer in model.flow_layers:
+        if isinstance(layer, tc.nets.MLP):
+            layer.sine_scale = variant.get("first_scale", 1.0)
+            layer.hidden[0].activation = keras.activations.get("linear")
     return model
 
 
