@@ -214,6 +214,21 @@ def test_fit_ablation_variants_build_and_differ():
     assert not np.any(net.out.kernel.numpy())
     net = ab.build({**ab.VARIANTS["realnvp_flow"], **two}, 2).flow_layers[1]
     assert np.all(net.out.kernel.numpy()[:, 0] != 0) and not np.any(net.out.kernel.numpy()[:, 1])
+    # NICE rows recorded with ReLU units still build them; the sine row scales the same draw
+    # and computes sine units, as nice_flow's default does.
+    def nice_net(name: str):
+        keras.utils.set_random_seed(0)
+        return next(layer for layer in ab.build({**ab.VARIANTS[name], **two}, 2).flow_layers
+                    if isinstance(layer, ab.tc.nets.MLP))
+
+    relu, sine = nice_net("nice 8, whiten"), nice_net("nice 8, whiten, sine first x3")
+    assert relu.sine_scale is None and sine.sine_scale == 3.0
+    assert nice_net("nice_flow").sine_scale == 3.0
+    for plain, wide in zip(relu.hidden[0].weights, sine.hidden[0].weights, strict=True):
+        np.testing.assert_allclose(wide.numpy(), 3.0 * plain.numpy(), rtol=1e-6)
+    h = x[:, :1] @ sine.hidden[0].kernel.numpy() + sine.hidden[0].bias.numpy()
+    np.testing.assert_allclose(sine.hidden[0](x[:, :1]).numpy(), h, rtol=1e-5, atol=1e-6)
+    assert (np.sin(h) < 0).any()  # the units the row trains; the layer itself is linear
 
 
 def test_fit_ablation_sinh_arcsinh_passes_the_bijector_harness():

@@ -37,7 +37,8 @@ class MLP(keras.layers.Layer):
     """A dense conditioner: flatten, hidden ``Dense`` layers, a zero-initialised output layer.
 
     Maths: ``out = reshape(W_L relu(... relu(W_1 flatten(x) + b_1) ...) + b_L, output_shape)``
-    with ``W_L = 0, b_L = 0`` at initialisation (``zero_init=True``).
+    with ``W_L = 0, b_L = 0`` at initialisation (``zero_init=True``); with ``sine_scale`` the
+    first ``relu`` is ``sin``.
 
     Hidden weights and biases start uniform in ``±1/sqrt(fan_in)`` (PyTorch's ``Linear``
     default). Random biases matter: with zero biases every first-layer ReLU has its kink at
