@@ -27,7 +27,7 @@ from tfp_coupling.model.registry import builder_config
 __all__ = ["SINE_SCALE", "initialize_rescaling", "mask_sequence", "nice_flow", "realnvp_flow",
            "spline_flow"]
 
-# The sine units' scale nice_flow's sine_scale="auto" gives a conditioner that sees one
+# The scale of the sine units nice_flow(sine_scale="auto") gives a conditioner that sees one
 # coordinate (benchmarks/README.md, "NICE on rings: sine units in the first layer").
 SINE_SCALE = 3.0
 
@@ -172,6 +172,9 @@ def nice_flow(
         >>> model = tc.nice_flow(event_shape=[4], num_couplings=4, hidden_units=[32])
         >>> len(model.flow_layers)  # the whitening, 4 conditioners, the rescaling weights
         6
+        >>> flat = tc.nice_flow([2], num_couplings=2)  # each conditioner sees one coordinate
+        >>> [layer.sine_scale for layer in flat.flow_layers if isinstance(layer, tc.nets.MLP)]
+        [3.0, 3.0]
     """
     dtype = tf.as_dtype(dtype)
     config = builder_config(nice_flow, locals())
