@@ -61,8 +61,8 @@ class MLP(keras.layers.Layer):
             ``W_1`` and ``b_1`` drawn uniform in ``±sine_scale/sqrt(fan_in)``: trainable
             Fourier features (Tancik et al. 2020, Sitzmann et al. 2020). On a conditioner that
             sees one coordinate they give the network the high-frequency functions that ReLU
-            units reach only slowly (NICE on rings; on wider inputs they overfit,
-            ``benchmarks/README.md``).
+            units reach only slowly (NICE on rings); on wider inputs (tables, 6-D data) they
+            fit worse (``benchmarks/README.md``).
         dropout: rate of a ``Dropout`` after every hidden layer, active only in training
             (``model.fit``), so ``log_prob``, ``sample`` and the exported flow stay
             deterministic. A coupling is a bijection for every dropout draw; in training each

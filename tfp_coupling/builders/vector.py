@@ -162,8 +162,8 @@ def nice_flow(
     other 2-D densities level within the noise). Where conditioners see three or more
     coordinates they fit worse (6-D data, tables), hence the rule (``benchmarks/README.md``,
     "NICE on rings: sine units"). A larger NICE with sine units (16 couplings of [256, 256],
-    200 epochs) diverged on one of six runs without gradient clipping and trained with
-    ``global_clipnorm=1``: clip such runs.
+    200 epochs) diverged on one of six runs without gradient clipping; with
+    ``global_clipnorm=1`` that run and eight others (every 2-D density) trained: clip such runs.
     ``context_shape=[c]`` makes it conditional, ``p(x | context)`` (see
     :class:`tfp_coupling.FlowModel`).
 
