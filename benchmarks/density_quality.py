@@ -17,7 +17,8 @@ Contenders:
   what the command line uses for tables: the same setting as ``realnvp`` there, given
   explicitly (other weight draws: the random start is not drawn).
 * ``nice cli`` (2-D only, only when named in ``--contenders``): the command line's NICE on
-  2-D data, ``tc.nice_flow(..., num_couplings=16, hidden_units=[256, 256], sine_scale=None)``,
+  2-D data, ``tc.nice_flow(..., num_couplings=16, hidden_units=[256, 256], sine_scale=None,
+  mixing=None)``,
   trained as ``tfp-coupling train`` does (200 epochs, Adam 1e-3 with a 5-epoch warm-up and
   cosine decay, batch 256, no clipping): about 6 minutes a run on 2 cores.
 * ``zuko K8``: zuko's ``RealNVP`` (PyTorch) with the same couplings, hidden sizes, optimiser,
@@ -272,7 +273,8 @@ def contenders(with_peer: bool) -> dict[str, Callable | None]:
         return tc.realnvp_flow([d], activation="tanh", zero_init=True)
 
     def nice_cli(d):
-        return tc.nice_flow([d], num_couplings=16, hidden_units=(256, 256), sine_scale=None)
+        return tc.nice_flow([d], num_couplings=16, hidden_units=(256, 256), sine_scale=None,
+                            mixing=None)
 
     out: dict[str, Callable | None] = {"nice": nice, "realnvp": realnvp,
                                        "realnvp tanh": realnvp_tanh, "nice cli": nice_cli}

@@ -232,7 +232,14 @@ VARIANTS: dict[str, dict] = {
     # one-coordinate x_a they represent the high-frequency shears that leave the plateau.
     "nice 8, whiten, sine first x3": {"builder": "nice", "couplings": 8, "whiten": True,
                                       "first_activation": "sin", "first_scale": 3.0},
+    # nice_flow's default from the sine units to the rotations (8 couplings, no mixing).
     "nice_flow": {"builder": "nice", "couplings": 8, "whiten": True, "sine_scale": "auto"},
+    # Twice the couplings; then learned mixing between them starting at a rotation by 1 radian
+    # (nice_flow's default since): shears along other directions than the two axes.
+    "nice 16, whiten, sine": {"builder": "nice", "couplings": 16, "whiten": True,
+                              "sine_scale": "auto"},
+    "nice 16, whiten, sine, rotations": {"builder": "nice", "couplings": 16, "whiten": True,
+                                         "sine_scale": "auto", "mixing": "auto"},
     "realnvp_flow, sine first x3": {"builder": "auto", "first_activation": "sin",
                                     "first_scale": 3.0},
 }
@@ -327,12 +334,14 @@ def build(variant: dict, dim: int) -> tc.FlowModel:
         model = tc.realnvp_flow([dim], num_couplings=couplings, hidden_units=hidden)
         return _first_activation(variant, _scale_first_layers(variant, model))
     if variant.get("builder") == "nice":
-        # Rows without "sine_scale" were recorded before nice_flow had sine units.
+        # Rows without "sine_scale" or "mixing" were recorded before nice_flow had sine units
+        # or mixing.
         model = tc.nice_flow([dim], num_couplings=couplings, hidden_units=hidden,
                              zero_init=variant.get("zero_init", False),
                              whiten=variant.get("whiten", False),
                              activation=variant.get("activation", "relu"),
-                             sine_scale=variant.get("sine_scale"))
+                             sine_scale=variant.get("sine_scale"),
+                             mixing=variant.get("mixing"))
         return _first_activation(variant, _scale_first_layers(variant, model))
     if variant.get("builder"):
         # A row without "shift_clamp" builds the unbounded shift it was recorded with (the

@@ -219,9 +219,10 @@ def tc_model(kind: str, w, seed: int):
     if kind == "realnvp":
         return tc.realnvp_flow(event_shape=[w["dim"]], num_couplings=w["couplings"],
                                hidden_units=w["hidden"], whiten=False, log_scale_clamp=5.0)
-    # ReLU units as the floors' conditioners (nice_flow's default gives 2-D data sine units).
+    # ReLU units and no mixing, as the floors' conditioners (nice_flow's default gives 2-D
+    # data sine units and rotations between the couplings).
     return tc.nice_flow(event_shape=[w["dim"]], num_couplings=w["couplings"],
-                        hidden_units=w["hidden"], whiten=False, sine_scale=None)
+                        hidden_units=w["hidden"], whiten=False, sine_scale=None, mixing=None)
 
 
 def tc_train_contender(name, kind: str, w, x, xla: bool, seed: int) -> Contender:

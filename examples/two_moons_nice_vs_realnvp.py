@@ -46,12 +46,14 @@ def main() -> None:
     x_val = data.load("two_moons", "validation", seed=args.seed)
     x_test = data.load("two_moons", "test", seed=args.seed)
     builders = {
-        # NICE as in its paper (no whitening, ReLU units): without rescaling it preserves
-        # volume.
+        # NICE as in its paper (no whitening, ReLU units, no mixing): without rescaling it
+        # preserves volume.
         "NICE, no rescaling": lambda: tc.nice_flow([2], num_couplings=6, hidden_units=[128, 128],
-                                                   rescale=False, whiten=False, sine_scale=None),
+                                                   rescale=False, whiten=False, sine_scale=None,
+                                                   mixing=None),
         "NICE + rescaling": lambda: tc.nice_flow([2], num_couplings=6, hidden_units=[128, 128],
-                                                 rescale=True, whiten=False, sine_scale=None),
+                                                 rescale=True, whiten=False, sine_scale=None,
+                                                 mixing=None),
         "RealNVP": lambda: tc.realnvp_flow([2], num_couplings=6, hidden_units=[128, 128]),
     }
     print(f"volume-preserving bound: NLL >= log(2 pi) = {math.log(2 * math.pi):.3f} nats")

@@ -224,6 +224,13 @@ def test_fit_ablation_variants_build_and_differ():
     relu, sine = nice_net("nice 8, whiten"), nice_net("nice 8, whiten, sine first x3")
     assert relu.sine_scale is None and sine.sine_scale == 3.0
     assert nice_net("nice_flow").sine_scale == 3.0
+    # Rows recorded before the rotations build none; the rotation row mixes between couplings.
+    def mixings(name: str) -> int:
+        model = ab.build({**ab.VARIANTS[name], **two}, 2)
+        return sum(isinstance(b, ab.tc.LULinear) for b in model.bijector.bijectors)
+
+    assert mixings("nice_flow") == mixings("nice 16, whiten, sine") == 0
+    assert mixings("nice 16, whiten, sine, rotations") == two["couplings"] - 1
     for plain, wide in zip(relu.hidden[0].weights, sine.hidden[0].weights, strict=True):
         np.testing.assert_allclose(wide.numpy(), 3.0 * plain.numpy(), rtol=1e-6)
     h = x[:, :1] @ sine.hidden[0].kernel.numpy() + sine.hidden[0].bias.numpy()

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import tfp_coupling as tc
 from tfp_coupling import masks
+from tfp_coupling.bijectors.linear import rotation_matrix
 from tfp_coupling.masks import Partition
 
 tfb, tfd = tfp.bijectors, tfp.distributions
@@ -165,6 +166,36 @@ def test_lu_linear_harness(size):
     params.log_diag.assign(rng.normal(scale=0.5, size=size))
     params.bias.assign(rng.normal(size=size))
     check_bijector(bij, [size])
+
+
+def test_lu_linear_set_matrix_is_that_matrix():
+    """``set_matrix`` factorises without pivoting: rotations (every pivot positive below a right
+    angle) and any ``L U`` with a positive diagonal; a negative pivot or a wrong shape raises."""
+    x = tf.random.stateless_normal([6, 5], [0, 2], dtype=tf.float64)
+    rng = np.random.default_rng(1)
+    lu = (np.tril(rng.normal(size=(5, 5)), -1) + np.eye(5)) @ (
+        np.triu(rng.normal(size=(5, 5)), 1) + np.diag(rng.uniform(0.5, 2.0, 5)))
+    for matrix in (rotation_matrix(5, 1.0), rotation_matrix(5, -1.4), lu):
+        bij = tc.LULinear(5, dtype="float64")
+        bij.set_matrix(matrix)
+        np.testing.assert_allclose(bij.forward(x).numpy(), x.numpy() @ matrix.T, atol=1e-12)
+        np.testing.assert_allclose(bij.inverse(bij.forward(x)).numpy(), x.numpy(), atol=1e-12)
+        np.testing.assert_allclose(bij.forward_log_det_jacobian(x, 1).numpy(),
+                                   np.linalg.slogdet(matrix)[1], atol=1e-12)
+    bij = tc.LULinear(2, dtype="float64")
+    with pytest.raises(ValueError, match="leading minors must be positive"):
+        bij.set_matrix(rotation_matrix(2, 2.0))  # cos 2 < 0: the first pivot
+    with pytest.raises(ValueError, match=r"finite \[2, 2\] matrix"):
+        bij.set_matrix(np.eye(3))
+
+
+def test_rotation_matrix_rotates_each_coordinate_plane():
+    r = rotation_matrix(5, 0.7)
+    np.testing.assert_allclose(r @ r.T, np.eye(5), atol=1e-15)
+    np.testing.assert_allclose(r[:2, :2], [[np.cos(0.7), -np.sin(0.7)],
+                                           [np.sin(0.7), np.cos(0.7)]])
+    np.testing.assert_array_equal(r[4], [0, 0, 0, 0, 1])  # the odd coordinate stays
+    assert r[0, 2] == r[2, 0] == 0  # planes (0, 1) and (2, 3) do not mix
 
 
 def test_lu_linear_starts_as_the_identity_and_is_its_factors():

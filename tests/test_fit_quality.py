@@ -56,9 +56,24 @@ def test_nice_on_rings_leaves_the_gaussian_plateau_with_sine_units():
     assert trained(sine_scale=None) > gaussian - 0.02  # ReLU units: still on the plateau
 
 
+def test_nice_default_fits_rings_at_the_benchmark_budget():
+    """The 2-D budget of ``benchmarks/density_quality.py`` (8,000 points, batch 256, Adam 1e-3,
+    30 epochs). 16 couplings with learned rotations between them end 0.32 nats below the
+    Gaussian fit on this data and seed; the default before (8 couplings, no mixing) 0.15."""
+    train, test = _standardised("rings", 8000)
+    gaussian = -float(np.mean(tc.gaussian_fit(train, dtype="float64").log_prob(
+        test.astype(np.float64))))
+    keras.utils.set_random_seed(0)
+    model = tc.nice_flow([2])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
+    model.fit(train, batch_size=256, epochs=30, verbose=0)  # 960 steps
+    assert _nll(model, test) < gaussian - 0.25, (_nll(model, test), gaussian)
+
+
 def test_zero_initialised_nice_is_stuck_on_symmetric_data():
     """The reason for the random start, pinned: with ``zero_init=True`` the shift networks get
-    exactly zero gradient on data symmetric in each coordinate."""
+    exactly zero gradient on data symmetric in each coordinate (without mixing: a rotation
+    between couplings would turn the data away from the axes)."""
     x = np.array([[a, b] for a, b in itertools.product([-1.0, 1.0, 2.0, -2.0], repeat=2)],
                  np.float32)
 
@@ -70,8 +85,8 @@ def test_zero_initialised_nice_is_stuck_on_symmetric_data():
                    for v, g in zip(model.trainable_variables, grads, strict=True)
                    if "conditioner" in v.path)
 
-    assert largest_shift_gradient(tc.nice_flow([2], zero_init=True)) < 1e-6  # round-off
-    assert largest_shift_gradient(tc.nice_flow([2])) > 1e-2
+    assert largest_shift_gradient(tc.nice_flow([2], zero_init=True, mixing=None)) < 1e-6
+    assert largest_shift_gradient(tc.nice_flow([2], mixing=None)) > 1e-2
 
 
 def test_whitening_starts_the_flow_at_the_full_covariance_gaussian():

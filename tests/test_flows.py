@@ -10,6 +10,7 @@ import tensorflow as tf
 from harness import check_flow, randomize_weights
 
 import tfp_coupling as tc
+from tfp_coupling.bijectors.linear import rotation_matrix
 
 BUILDERS = {"nice": tc.nice_flow, "realnvp": tc.realnvp_flow}
 EVENT_SHAPES = [[2], [5], [64], [4, 4, 2]]
@@ -77,7 +78,41 @@ def test_flow_harness_nice_sine_units(event_shape):
     model = small_flow("nice", event_shape, num_couplings=3)
     want = {2: [3.0, 3.0, 3.0], 3: [3.0, None, 3.0]}[event_shape[0]]
     assert _sine_scales(model) == want
+    kinds = [type(b).__name__ for b in model.bijector.bijectors]
+    mixing = ["LULinear"] if event_shape == [2] else []  # 2-D data: rotations between couplings
+    assert kinds == ["TriLAffine", "AdditiveCoupling", *mixing, "AdditiveCoupling", *mixing,
+                     "AdditiveCoupling", "Rescaling"]
     check_flow(model, batch_shapes=((), (2, 3)))
+
+
+def test_nice_mixing_rotates_2d_data_between_couplings():
+    """``mixing="auto"``: on 2-D data a learned LULinear between every two couplings, starting at
+    the rotation by ``MIXING_ANGLE``; none on other sizes; files saved before rebuild none."""
+    x = tf.random.stateless_normal([4, 2], [0, 5])
+
+    def mixings(model: tc.FlowModel) -> list:
+        return [b for b in model.bijector.bijectors if isinstance(b, tc.LULinear)]
+
+    model = tc.nice_flow([2], num_couplings=3, hidden_units=[8])
+    rotation = rotation_matrix(2, tc.builders.vector.MIXING_ANGLE)
+    assert len(mixings(model)) == 2
+    for mixing in mixings(model):
+        np.testing.assert_allclose(mixing.forward(x).numpy(), x.numpy() @ rotation.T,
+                                   atol=1e-6)
+        assert mixing.params.lower.trainable
+    assert mixings(tc.nice_flow([3], num_couplings=3)) == []
+    assert mixings(tc.nice_flow([2], num_couplings=3, mixing=None)) == []
+    with pytest.raises(ValueError, match="mixing must be None, 'auto', 'lu' or 'rotation'"):
+        tc.nice_flow([2], mixing="rotations")
+    identity = mixings(tc.nice_flow([2], num_couplings=2, mixing="lu"))[0]
+    np.testing.assert_array_equal(identity.forward(x).numpy(), x.numpy())
+    rotated = mixings(tc.realnvp_flow([5], num_couplings=2, mixing="rotation"))[0]
+    np.testing.assert_allclose(rotated.forward(tf.eye(5)).numpy(),
+                               rotation_matrix(5, tc.builders.vector.MIXING_ANGLE).T, atol=1e-6)
+    config = model.get_config()
+    old = {k: v for k, v in config["flow_config"].items() if k != "mixing"}
+    assert mixings(type(model).from_config({"name": "old", "flow_config": old})) == []
+    assert len(mixings(type(model).from_config(config))) == 2
 
 
 def test_nice_sine_units_only_where_the_conditioner_sees_one_coordinate():
@@ -159,7 +194,7 @@ def test_lu_mixing_starts_as_the_flow_without_it_and_refuses_images():
     assert np.abs(mixed.log_prob(x) - plain.log_prob(x)).max() > 1e-2
     with pytest.raises(ValueError, match="mixes vector events"):
         tc.realnvp_flow([4, 4, 2], mixing="lu")
-    with pytest.raises(ValueError, match="mixing must be None or 'lu'"):
+    with pytest.raises(ValueError, match="mixing must be None, 'lu' or 'rotation'"):
         tc.realnvp_flow([2], mixing="LU")
 
 
@@ -297,11 +332,12 @@ def test_nice_without_rescaling_has_zero_log_det():
 
 def test_nice_rescaling_learns_the_data_scale():
     """On data 3x wider than the base, only the rescaling can change volume in the paper's NICE
-    (no whitening): its log-scale must grow towards log 3, while a flow without it keeps a
-    log-det of exactly 0."""
+    (no whitening, no mixing): its log-scale must grow towards log 3, while a flow without it
+    keeps a log-det of exactly 0."""
     x = (3.0 * np.random.default_rng(0).normal(size=(512, 2))).astype("float32")
-    with_scale = tc.nice_flow([2], num_couplings=2, hidden_units=[8], rescale=True, whiten=False)
-    without = tc.nice_flow([2], num_couplings=2, hidden_units=[8], rescale=False, whiten=False)
+    paper = {"num_couplings": 2, "hidden_units": [8], "whiten": False, "mixing": None}
+    with_scale = tc.nice_flow([2], rescale=True, **paper)
+    without = tc.nice_flow([2], rescale=False, **paper)
     for model in (with_scale, without):
         model.compile(optimizer=keras.optimizers.Adam(0.05))
         model.fit(x, batch_size=128, epochs=6, verbose=0)  # 24 steps

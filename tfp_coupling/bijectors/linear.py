@@ -14,7 +14,8 @@ import tensorflow as tf
 from tfp_coupling.bijectors.actnorm import DataInitializedParams
 from tfp_coupling.bijectors.base import FlowBijector
 
-__all__ = ["LULinear", "LULinearParams", "TriLAffine", "TriLAffineParams", "mean_and_cholesky"]
+__all__ = ["LULinear", "LULinearParams", "TriLAffine", "TriLAffineParams", "mean_and_cholesky",
+           "rotation_matrix"]
 
 
 def mean_and_cholesky(y: np.ndarray, epsilon: float = 1e-10, *, who: str = "the data"
@@ -40,6 +41,21 @@ def mean_and_cholesky(y: np.ndarray, epsilon: float = 1e-10, *, who: str = "the 
     cov = np.atleast_2d(np.cov(y, rowvar=False, bias=True))
     jitter = epsilon * max(float(np.trace(cov)) / size, np.finfo(np.float64).tiny)
     return y.mean(axis=0), np.linalg.cholesky(cov + jitter * np.eye(size))
+
+
+def rotation_matrix(size: int, angle: float) -> np.ndarray:
+    """The ``[size, size]`` rotation by ``angle`` (radians) in each coordinate plane
+    ``(0, 1), (2, 3), ...``; with an odd ``size`` the last coordinate stays.
+
+    Example:
+        >>> np.round(rotation_matrix(2, np.pi / 2), 6).tolist()
+        [[0.0, -1.0], [1.0, 0.0]]
+    """
+    matrix = np.eye(int(size))
+    c, s = np.cos(angle), np.sin(angle)
+    for i in range(0, int(size) - 1, 2):
+        matrix[i:i + 2, i:i + 2] = [[c, -s], [s, c]]
+    return matrix
 
 
 @keras.saving.register_keras_serializable(package="tfp_coupling")
@@ -249,6 +265,38 @@ class LULinear(_VectorLinearMap):
         name: str = "lu_linear",
     ) -> None:
         super().__init__(size, params, dtype, validate_args, name, dict(locals()))
+
+    def set_matrix(self, matrix: np.ndarray) -> None:
+        """Sets the weights so that the map is ``y = M x`` (bias 0) for ``M = matrix``.
+
+        ``M = L U`` is factorised without pivoting (Doolittle, in float64): it must have
+        positive leading principal minors, as every ``L U`` here does (a rotation by less than
+        a right angle in each plane has them). Raises ``ValueError`` otherwise.
+
+        Example:
+            >>> import numpy as np, tensorflow as tf
+            >>> from tfp_coupling.bijectors import LULinear
+            >>> from tfp_coupling.bijectors.linear import rotation_matrix
+            >>> b = LULinear(2, dtype="float64")
+            >>> b.set_matrix(rotation_matrix(2, np.pi / 2 - 0.5))
+            >>> np.round(b.forward(tf.constant([[1.0, 0.0]], tf.float64)).numpy(), 4)
+            array([[0.4794, 0.8776]])
+        """
+        a = np.array(matrix, np.float64)
+        d = self.params.size
+        if a.shape != (d, d) or not np.isfinite(a).all():
+            raise ValueError(f"set_matrix needs a finite [{d}, {d}] matrix, got shape "
+                             f"{a.shape}")
+        for k in range(d):  # a holds L below its diagonal, U on and above it
+            if not a[k, k] > 0:
+                raise ValueError(f"the matrix's leading minors must be positive (an L U with a "
+                                 f"positive diagonal); pivot {k} is {a[k, k]:.3g}")
+            a[k + 1:, k] /= a[k, k]
+            a[k + 1:, k + 1:] -= np.outer(a[k + 1:, k], a[k, k + 1:])
+        self.params.lower.assign(np.tril(a, -1))
+        self.params.upper.assign(np.triu(a, 1))
+        self.params.log_diag.assign(np.log(np.diag(a)))
+        self.params.bias.assign(np.zeros(d))
 
     def _factors(self) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
         dt = self._flow_dtype

@@ -21,15 +21,19 @@ from tfp_coupling.bijectors import (
     TriLAffineParams,
     rational_quadratic_spline,
 )
+from tfp_coupling.bijectors.linear import rotation_matrix
 from tfp_coupling.model.flow_model import FlowModel
 from tfp_coupling.model.registry import builder_config
 
-__all__ = ["SINE_SCALE", "initialize_rescaling", "mask_sequence", "nice_flow", "realnvp_flow",
-           "spline_flow"]
+__all__ = ["MIXING_ANGLE", "SINE_SCALE", "initialize_rescaling", "mask_sequence", "nice_flow",
+           "realnvp_flow", "spline_flow"]
 
 # The scale of the sine units nice_flow(sine_scale="auto") gives a conditioner that sees one
 # coordinate (benchmarks/README.md, "NICE on rings: sine units in the first layer").
 SINE_SCALE = 3.0
+# The angle (radians) of the rotation mixing="rotation" starts each learned mixing at
+# (benchmarks/README.md, "NICE: 16 couplings and rotations between them").
+MIXING_ANGLE = 1.0
 
 
 def mask_sequence(event_shape: Sequence[int], num: int, kind: str | None = None) -> list[tf.Tensor]:
@@ -75,16 +79,17 @@ def _coupling_stack(
     **coupling_kwargs,
 ) -> list:
     """The couplings with alternating masks; with ``mixing="lu"`` an :class:`LULinear` between
-    every two of them (vector events only). ``random_shift`` draws the first ``b`` outputs of
-    each zero-initialised conditioner (an affine coupling's shifts) at random.
-    ``activation="auto"`` or ``small_data_identity`` make the conditioners
+    every two of them (vector events only), starting at the identity; with
+    ``mixing="rotation"`` starting at ``rotation_matrix(D, MIXING_ANGLE)``. ``random_shift``
+    draws the first ``b`` outputs of each zero-initialised conditioner (an affine coupling's
+    shifts) at random. ``activation="auto"`` or ``small_data_identity`` make the conditioners
     :class:`~tfp_coupling.nets.AutoMLP`s, which choose by the training data's size.
     ``sine_scale``: the conditioners' ``sine_scale``; ``"auto"`` gives ``SINE_SCALE`` to those
     that see one coordinate (``x_a`` and any context together) and none to the others."""
     if int(num_couplings) < 1:
         raise ValueError(f"num_couplings must be >= 1, got {num_couplings}")
-    if mixing not in (None, "lu"):
-        raise ValueError(f"mixing must be None or 'lu', got {mixing!r}")
+    if mixing not in (None, "lu", "rotation"):
+        raise ValueError(f"mixing must be None, 'lu' or 'rotation', got {mixing!r}")
     if mixing and len(event_shape) != 1:
         raise ValueError(f"mixing={mixing!r} mixes vector events; the event shape is "
                          f"{list(event_shape)} (image flows mix by their masks and squeezes)")
@@ -97,7 +102,10 @@ def _coupling_stack(
     stack = []
     for i, m in enumerate(mask_sequence(event_shape, num_couplings, mask)):
         if mixing and i > 0:
-            stack.append(LULinear(int(event_shape[0]), dtype=dtype, name=f"{name}_mixing_{i}"))
+            size = int(event_shape[0])
+            stack.append(LULinear(size, dtype=dtype, name=f"{name}_mixing_{i}"))
+            if mixing == "rotation":
+                stack[-1].set_matrix(rotation_matrix(size, MIXING_ANGLE))
         b_shape = masks.Partition(m).b_shape
         params = coupling_cls.num_params if num_params is None else num_params
         out_shape = (*b_shape[:-1], params * b_shape[-1])
@@ -119,7 +127,7 @@ def _coupling_stack(
 
 def nice_flow(
     event_shape: Sequence[int],
-    num_couplings: int = 8,
+    num_couplings: int = 16,
     hidden_units: Sequence[int] = (64, 64),
     rescale: bool = True,
     mask: str | None = None,
@@ -128,6 +136,7 @@ def nice_flow(
     whiten: bool = True,
     dropout: float = 0.0,
     sine_scale: float | str | None = "auto",
+    mixing: str | None = "auto",
     context_shape: Sequence[int] | None = None,
     dtype: tf.DType | str = "float32",
     name: str | None = None,
@@ -147,9 +156,26 @@ def nice_flow(
     end, set on the first ``fit`` to the data's mean and Cholesky factor. Additive couplings
     change no volume and the rescaling is diagonal, so without it a correlated table starts
     far from its Gaussian fit and 300 epochs do not bring it back (breast_cancer, 3 seeds:
-    -13.3 nats against -26.1 whitened; ``whiten=False`` is the paper's model). 8 couplings
-    (NICE's paper used 4): on circles, 3 seeds, 0.47 nats below the Gaussian start against
-    0.23 with 4 (``fit_ablation.py``). ``dropout`` as in :func:`realnvp_flow`.
+    -13.3 nats against -26.1 whitened; ``whiten=False`` is the paper's model). 16 couplings
+    (NICE's paper used 4, of far wider networks): 8 against 4 gained 0.24 nats on circles, and
+    16 against 8 at the 2-D budget (30 epochs, 3 seeds, sine units, no mixing): eight
+    Gaussians 0.29, circles 0.20, pinwheel 0.11, rings 0.11, two spirals 0.09 nats better,
+    checkerboard and two moons 0.01-0.02; tables level (``benchmarks/README.md``, "NICE: 16
+    couplings and rotations between them").
+    ``dropout`` as in :func:`realnvp_flow`.
+
+    ``mixing="auto"`` puts, on 2-D data, a learned :class:`tfp_coupling.LULinear` between every
+    two couplings, starting at the rotation by ``MIXING_ANGLE`` (1 radian; what
+    ``mixing="rotation"`` gives any vector data, plane by plane), and none on other sizes;
+    ``"lu"`` starts it at the identity, ``None`` leaves it out. Why: on two coordinates
+    alternating couplings shear along the two axes only; rotated between them, each shears
+    along another direction. The maps stay linear, so the log-det stays constant. At the 2-D
+    budget (16 couplings, 3 seeds, against none): two spirals 0.12, rings 0.08, circles 0.06,
+    eight Gaussians 0.04, pinwheel 0.03 nats better, two moons and checkerboard level; started
+    at the identity it did worse than none (rings +0.06), and with 8 couplings an untrained
+    rotation was no better than none. Both together, over 5 seeds (``density_quality.py``):
+    rings 0.37 nats below the Gaussian fit (0.21 before), every 2-D density 0.01-0.26 better
+    than 8 couplings without mixing, the tables level.
 
     ``sine_scale="auto"`` gives the conditioners that see one coordinate (every one on 2-D
     data) sine units in their first layer, ``sin(W_1 x_a + b_1)`` with weights drawn in
@@ -157,9 +183,9 @@ def nice_flow(
     every conditioner that scale, ``None`` none. Why: on rotation-symmetric data every single
     shear of the identity raises the NICE loss, so with ReLU units NICE sits at the Gaussian
     fit on rings for about 90 epochs; the high-frequency shears sine units represent leave that
-    plateau at once (rings, 30 epochs, 5 seeds: 0.21 nats below the Gaussian fit, every seed
-    0.18-0.24 below, where ReLU units end at it; circles 0.07 and two spirals 0.06 better, the
-    other 2-D densities level within the noise). Where conditioners see three or more
+    plateau at once (rings, 8 couplings, 30 epochs, 5 seeds: 0.21 nats below the Gaussian fit,
+    every seed 0.18-0.24 below, where ReLU units end at it; circles 0.07 and two spirals 0.06
+    better, the other 2-D densities level within the noise). Where conditioners see three or more
     coordinates they fit worse (6-D data, tables), hence the rule (``benchmarks/README.md``,
     "NICE on rings: sine units"). A larger NICE with sine units (16 couplings of [256, 256],
     200 epochs) diverged on one of six runs without gradient clipping; with
@@ -175,13 +201,19 @@ def nice_flow(
         >>> flat = tc.nice_flow([2], num_couplings=2)  # each conditioner sees one coordinate
         >>> [layer.sine_scale for layer in flat.flow_layers if isinstance(layer, tc.nets.MLP)]
         [3.0, 3.0]
+        >>> [type(b).__name__ for b in flat.bijector.bijectors]  # a rotation between couplings
+        ['TriLAffine', 'AdditiveCoupling', 'LULinear', 'AdditiveCoupling', 'Rescaling']
     """
     dtype = tf.as_dtype(dtype)
     config = builder_config(nice_flow, locals())
     name = name or "nice"
+    if mixing not in (None, "auto", "lu", "rotation"):
+        raise ValueError(f"mixing must be None, 'auto', 'lu' or 'rotation', got {mixing!r}")
+    if mixing == "auto":
+        mixing = "rotation" if list(event_shape) == [2] else None
     steps: list = _coupling_stack(AdditiveCoupling, event_shape, num_couplings, hidden_units,
                                   mask, activation, dtype, name, zero_init=zero_init,
-                                  dropout=dropout, sine_scale=sine_scale,
+                                  dropout=dropout, sine_scale=sine_scale, mixing=mixing,
                                   context_shape=context_shape)
     if rescale:
         steps.append(Rescaling(event_shape, dtype=dtype, name=f"{name}_rescaling"))
@@ -274,7 +306,9 @@ def realnvp_flow(
     ``mixing="lu"`` (vector events) puts a learned :class:`tfp_coupling.LULinear` between every
     two couplings: a half mask alone never mixes coordinates within a half. It starts at the
     identity, so the untrained flow is unchanged. Off by default (``benchmarks/README.md``
-    has its measurements).
+    has its measurements). ``mixing="rotation"`` starts each at the rotation by
+    ``MIXING_ANGLE`` in every coordinate plane (:func:`nice_flow`'s default on 2-D data; not
+    measured on RealNVP).
 
     ``fade_outside=B`` makes every coupling fade to the identity where one of its kept
     coordinates leaves ``[-B, B]`` (raw conditioner outputs times ``exp(-sum relu(|x_a| -

@@ -58,12 +58,14 @@ def build_model(config: dict) -> FlowModel:
     if config["model"] == "nice":
         # The start is recorded (identity on flattened pixels unless --start says otherwise).
         # Runs written before NICE was whitened have no "whiten" key and rebuild without it.
-        # No sine units (nice_flow's default on 2-D data): with them the command line's larger,
-        # unclipped 2-D NICE diverged on one of six runs (benchmarks/README.md).
+        # No sine units and no mixing (nice_flow's defaults on 2-D data): with sine units the
+        # command line's larger, unclipped 2-D NICE diverged on one of six runs
+        # (benchmarks/README.md); its recipe was measured without either.
         return nice_flow([config["event_size"]], num_couplings=couplings, hidden_units=hidden,
                          zero_init=starts_at_identity(config),
                          whiten=bool(config.get("whiten", False)), activation=activation,
-                         dropout=config.get("dropout", 0.0), sine_scale=None, **context)
+                         dropout=config.get("dropout", 0.0), sine_scale=None, mixing=None,
+                         **context)
     if config["model"] == "realnvp":
         # Runs written before the shift was bounded have no "shift_clamp" key: unbounded.
         return realnvp_flow([config["event_size"]], num_couplings=couplings,

@@ -35,7 +35,7 @@ _REGISTERED: dict[str, Callable] = {}
 # Values of builder arguments added after flows were first saved: a config without the key was
 # written by a version that built the flow this way, and must rebuild the same layers to load.
 _CONFIG_BEFORE = {
-    "nice_flow": {"whiten": False, "zero_init": True, "sine_scale": None},
+    "nice_flow": {"whiten": False, "zero_init": True, "sine_scale": None, "mixing": None},
     "realnvp_flow": {"whiten": False, "normalizing": False, "shift_clamp": None,
                      "zero_init": True, "activation": "relu"},
     "realnvp_image_flow": {"scale_residuals": False, "normalizing": False, "shift_clamp": None},
