@@ -51,9 +51,10 @@ Second ablation: ``default`` is ``tc.realnvp_flow`` as it was (whitened by a dat
 * ``realnvp_flow, sinh-arcsinh`` (and ``table setting, ...``): a learned per-coordinate
   ``y = sinh((asinh(x) + a) * exp(b))`` (Jones and Pewsey's skew and tail weight, ``a = b = 0``
   at the start) between the whitening and the couplings.
-* ``nice``, ``nice 8``: ``tc.nice_flow`` with 4 and 8 (its default) couplings; the runs record
-  the test NLL of the initialised flow as ``start``. ``, zero init`` and ``, whiten`` set
-  ``nice_flow``'s ``zero_init`` and ``whiten``.
+* ``nice``, ``nice 8``: ``tc.nice_flow`` with 4 and 8 couplings (its default then; 16 since);
+  the runs record the test NLL of the initialised flow as ``start``. ``, zero init`` and
+  ``, whiten`` set ``nice_flow``'s ``zero_init`` and ``whiten``; ``nice 16, whiten, sine,
+  rotations`` is ``nice_flow``'s default.
 
 Usage::
 
@@ -206,7 +207,7 @@ VARIANTS: dict[str, dict] = {
                                   "dropout": 0.3},
     "table setting, dropout 0.3": {"builder": True, "shift_clamp": 5.0, "activation": "tanh",
                                    "dropout": 0.3},
-    # NICE (``tc.nice_flow``): its default 4 couplings against 8.
+    # NICE (``tc.nice_flow``): its default of then, 4 couplings, against 8.
     # A learned marginal sinh-arcsinh map between the whitening and the couplings (identity
     # start): heavy-tailed whitened columns can be drawn in before the couplings see them.
     "realnvp_flow, sinh-arcsinh": {"builder": True, "shift_clamp": 5.0, "zero_init": False,
