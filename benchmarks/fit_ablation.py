@@ -42,7 +42,10 @@ Second ablation: ``default`` is ``tc.realnvp_flow`` as it was (whitened by a dat
 * ``random shift start``: the default with the shift columns of the conditioners' output
   layers drawn at random (the log-scale columns stay 0): a random start of constant volume.
   ``x0.5`` draws them in half the range; ``tanh, random shift start`` with tanh conditioners.
-* ``realnvp_flow``: ``tc.realnvp_flow`` as it is now, which starts its shifts random itself.
+* ``realnvp_flow``: ``tc.realnvp_flow`` with ReLU units, which starts its shifts random
+  itself. ``realnvp_flow, auto`` is it as a user called it before the sine units (units chosen
+  by the rows); ``realnvp_flow, half sine`` is ``realnvp_flow``'s default now (the same, with
+  sine units in half the first layer of the conditioners that see one coordinate).
 * ``realnvp_flow, fade 3`` / ``4``: ``realnvp_flow(fade_outside=B)``, each coupling fading to
   the identity where a kept coordinate leaves ``[-B, B]``; ``table setting`` is the command
   line's table flow (tanh, identity start), ``, fade 3`` the same with the fade.
@@ -243,6 +246,9 @@ VARIANTS: dict[str, dict] = {
                                          "sine_scale": "auto", "mixing": "auto"},
     "realnvp_flow, sine first x3": {"builder": "auto", "first_activation": "sin",
                                     "first_scale": 3.0},
+    # Sine units in half of every first layer (the first 32 of 64; the layer drawn 2x wider),
+    # on conditioners that see one coordinate: realnvp_flow's default (sine_scale="auto").
+    "realnvp_flow, half sine": {"builder": "auto", "sine_scale": "auto"},
 }
 
 
@@ -332,7 +338,9 @@ def normalizing(cls):
 def build(variant: dict, dim: int) -> tc.FlowModel:
     couplings, hidden = variant.get("couplings", 8), variant.get("hidden", (64, 64))
     if variant.get("builder") == "auto":
-        model = tc.realnvp_flow([dim], num_couplings=couplings, hidden_units=hidden)
+        # Rows without "sine_scale" were recorded before realnvp_flow had sine units.
+        model = tc.realnvp_flow([dim], num_couplings=couplings, hidden_units=hidden,
+                                sine_scale=variant.get("sine_scale"))
         return _first_activation(variant, _scale_first_layers(variant, model))
     if variant.get("builder") == "nice":
         # Rows without "sine_scale" or "mixing" were recorded before nice_flow had sine units
@@ -353,7 +361,8 @@ def build(variant: dict, dim: int) -> tc.FlowModel:
             activation=variant.get("activation", "relu"), mixing=variant.get("mixing"),
             shift_clamp=variant.get("shift_clamp"), zero_init=variant.get("zero_init", True),
             log_scale_clamp=variant.get("log_scale_clamp", 2.0),
-            fade_outside=variant.get("fade_outside"), dropout=variant.get("dropout", 0.0))
+            fade_outside=variant.get("fade_outside"), dropout=variant.get("dropout", 0.0),
+            sine_scale=None)
         for adjust in (_scale_first_layers, _first_activation, _later_activation, _random_shift,
                        _sinh_arcsinh):
             model = adjust(variant, model)  # each returns the model unchanged if not asked for

@@ -215,10 +215,12 @@ def _d_a(dim: int, i: int) -> int:
 
 def tc_model(kind: str, w, seed: int):
     keras.utils.set_random_seed(seed)
-    # The coupling chain alone, as the floors and TFP's RealNVP: no whitening, clamp 5.
+    # The coupling chain alone, as the floors and TFP's RealNVP: no whitening, clamp 5, ReLU
+    # units (realnvp_flow's default gives 2-D data sine units in half of the first layer).
     if kind == "realnvp":
         return tc.realnvp_flow(event_shape=[w["dim"]], num_couplings=w["couplings"],
-                               hidden_units=w["hidden"], whiten=False, log_scale_clamp=5.0)
+                               hidden_units=w["hidden"], whiten=False, log_scale_clamp=5.0,
+                               sine_scale=None)
     # ReLU units and no mixing, as the floors' conditioners (nice_flow's default gives 2-D
     # data sine units and rotations between the couplings).
     return tc.nice_flow(event_shape=[w["dim"]], num_couplings=w["couplings"],

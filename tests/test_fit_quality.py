@@ -70,6 +70,20 @@ def test_nice_default_fits_rings_at_the_benchmark_budget():
     assert _nll(model, test) < gaussian - 0.25, (_nll(model, test), gaussian)
 
 
+def test_realnvp_default_fits_circles_at_the_benchmark_budget():
+    """The 2-D budget of ``benchmarks/density_quality.py``. With sine units in half the first
+    layer of every conditioner (the default on 2-D data) RealNVP ends 0.65 nats below the
+    Gaussian fit on this data and seed; with ReLU units alone (the default before) 0.44."""
+    train, test = _standardised("circles", 8000)
+    gaussian = -float(np.mean(tc.gaussian_fit(train, dtype="float64").log_prob(
+        test.astype(np.float64))))
+    keras.utils.set_random_seed(2)
+    model = tc.realnvp_flow([2])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), jit_compile=True)
+    model.fit(train, batch_size=256, epochs=30, verbose=0)  # 960 steps
+    assert _nll(model, test) < gaussian - 0.55, (_nll(model, test), gaussian)
+
+
 def test_zero_initialised_nice_is_stuck_on_symmetric_data():
     """The reason for the random start, pinned: with ``zero_init=True`` the shift networks get
     exactly zero gradient on data symmetric in each coordinate (without mixing: a rotation
@@ -160,7 +174,11 @@ def test_realnvp_flow_given_units_and_start_decides_nothing():
     start = tc.realnvp_flow([3], num_couplings=2, hidden_units=[8], activation="relu")
     tc.initialize_from_data(start, x)
     assert all(not np.any(net.out.kernel.numpy()) for net in _conditioners(start))
-    assert all(net.hidden[0].activation.__name__ == "relu" for net in _conditioners(start))
+    assert all(net.activation == "relu" for net in _conditioners(start))
+    # The first conditioner sees one coordinate: sine units in half of its first layer, whose
+    # Dense is linear (the ReLU applied to the other half by the conditioner itself).
+    assert [net.hidden[0].activation.__name__ for net in _conditioners(start)] == [
+        "linear", "relu"]
     assert all(net.bounded is None for net in _conditioners(start))  # no choice of units kept
 
 

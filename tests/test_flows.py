@@ -130,11 +130,48 @@ def test_nice_sine_units_only_where_the_conditioner_sees_one_coordinate():
     assert _sine_scales(type(model).from_config(model.get_config())) == [3.0, 3.0]
 
 
+def _sine_units(model: tc.FlowModel) -> list:
+    """(sine_scale, number of sine units) of each conditioner."""
+    return [(layer.sine_scale, layer._sines) for layer in model.flow_layers
+            if isinstance(layer, tc.nets.MLP)]
+
+
+@pytest.mark.parametrize("event_shape", [[2], [3]], ids=str)
+def test_flow_harness_realnvp_half_sine_units(event_shape):
+    """realnvp_flow's default gives the conditioners that see one coordinate sine units in half
+    of their first layer, at ``REALNVP_SINE_SCALE``; the others keep their units alone."""
+    model = small_flow("realnvp", event_shape, num_couplings=3)  # hidden [8]: 4 sine units
+    scale = tc.builders.vector.REALNVP_SINE_SCALE
+    want = {2: [(scale, 4)] * 3, 3: [(scale, 4), (None, 0), (scale, 4)]}[event_shape[0]]
+    assert _sine_units(model) == want
+    check_flow(model, batch_shapes=((), (2, 3)))
+
+
+def test_realnvp_sine_units_only_where_the_conditioner_sees_one_coordinate():
+    assert _sine_units(tc.realnvp_flow([4], num_couplings=2)) == [(None, 0)] * 2
+    assert _sine_units(tc.realnvp_flow([2], num_couplings=2, context_shape=[1])) == [
+        (None, 0)] * 2
+    assert _sine_units(tc.realnvp_flow([2], num_couplings=2, sine_scale=None)) == [(None, 0)] * 2
+    assert _sine_units(tc.realnvp_flow([6], num_couplings=2, hidden_units=[10], sine_scale=1.5,
+                                       sine_fraction=1.0)) == [(1.5, 10)] * 2
+    with pytest.raises(ValueError, match="sine_fraction must be in"):
+        tc.realnvp_flow([2], sine_fraction=0.0)
+    # A file saved before the option existed rebuilds without sine units.
+    model = tc.realnvp_flow([2], num_couplings=2)
+    config = {k: v for k, v in model.get_config()["flow_config"].items()
+              if k not in ("sine_scale", "sine_fraction")}
+    assert _sine_units(type(model).from_config({"name": "old", "flow_config": config})) == [
+        (None, 0)] * 2
+    assert _sine_units(type(model).from_config(model.get_config())) == [(2.0, 32)] * 2
+
+
+@pytest.mark.parametrize("event_shape", [[5], [2]], ids=str)
 @pytest.mark.parametrize("bounded", [1.0, 0.0], ids=["tanh", "relu"])
-def test_flow_harness_units_chosen_by_the_data(bounded):
+def test_flow_harness_units_chosen_by_the_data(bounded, event_shape):
     """The default realnvp_flow with either choice of its conditioners' units (random weights,
-    the choice set as initialisation on few or many rows sets it)."""
-    model = small_flow("realnvp", [5], num_couplings=3)
+    the choice set as initialisation on few or many rows sets it); on 2-D data beside the sine
+    units."""
+    model = small_flow("realnvp", event_shape, num_couplings=3)
     nets = [layer for layer in model.flow_layers if isinstance(layer, tc.nets.AutoMLP)]
     assert len(nets) == 3
     for net in nets:

@@ -166,3 +166,37 @@ def test_mlp_sine_units_in_the_first_layer_only():
             MLP([8], output_shape=[2], sine_scale=bad)
     with pytest.raises(ValueError, match="sine_scale needs at least one hidden layer"):
         MLP([], output_shape=[2], sine_scale=3.0)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "auto"])
+def test_mlp_sine_fraction_makes_the_first_units_sine_and_the_rest_the_activation(activation):
+    """``sine_fraction=f``: the first ``round(f * units)`` first-layer units are ``sin``, the
+    others the activation (an AutoMLP's chosen units); the whole layer is drawn at the scale."""
+    keras.utils.set_random_seed(1)
+    x = np.random.default_rng(1).normal(size=(64, 1)).astype("float32")
+    cls, extra = (AutoMLP, {"small_data_identity": False}) if activation == "auto" else (MLP, {})
+    net = cls([10, 8], output_shape=[2], zero_init=False, activation=activation,
+              sine_scale=3.0, sine_fraction=0.4, **extra)
+    if activation == "auto":
+        net(x)
+        net.initialize_from(np.zeros((300, 1), "float32"))  # 300 rows: tanh units
+        assert float(net.bounded.numpy()) == 1.0
+    out = net(x).numpy()
+    first, second = net.hidden
+    assert np.abs(first.kernel.numpy()).max() > 1.5  # the ReLU/tanh units too: ±3 at fan-in 1
+    z = x @ first.kernel.numpy() + first.bias.numpy()
+    act = np.tanh if activation in ("tanh", "auto") else (lambda v: np.maximum(v, 0.0))
+    h = np.concatenate([np.sin(z[:, :4]), act(z[:, 4:])], axis=-1)  # round(0.4 * 10) = 4
+    later = act(h @ second.kernel.numpy() + second.bias.numpy())
+    np.testing.assert_allclose(out, later @ net.out.kernel.numpy() + net.out.bias.numpy(),
+                               rtol=1e-5, atol=1e-5)
+    again = cls.from_config(net.get_config())
+    assert (again.sine_fraction, again._sines) == (0.4, 4)
+    # A config saved before the option has all sine units; one unit at least.
+    old = {k: v for k, v in MLP([6], [2], sine_scale=3.0).get_config().items()
+           if k != "sine_fraction"}
+    assert MLP.from_config(old)._sines == 6
+    assert MLP([6], [2], sine_scale=3.0, sine_fraction=0.01)._sines == 1
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="sine_fraction must be in"):
+            MLP([8], output_shape=[2], sine_scale=3.0, sine_fraction=bad)

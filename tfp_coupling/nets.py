@@ -38,7 +38,7 @@ class MLP(keras.layers.Layer):
 
     Maths: ``out = reshape(W_L relu(... relu(W_1 flatten(x) + b_1) ...) + b_L, output_shape)``
     with ``W_L = 0, b_L = 0`` at initialisation (``zero_init=True``); with ``sine_scale`` the
-    first ``relu`` is ``sin``.
+    first ``relu`` is ``sin`` on the first ``round(sine_fraction * units)`` of its units.
 
     Hidden weights and biases start uniform in ``±1/sqrt(fan_in)`` (PyTorch's ``Linear``
     default). Random biases matter: with zero biases every first-layer ReLU has its kink at
@@ -63,6 +63,11 @@ class MLP(keras.layers.Layer):
             sees one coordinate they give the network the high-frequency functions that ReLU
             units reach only slowly (NICE on rings); on wider inputs (tables, 6-D data) they
             fit worse (``benchmarks/README.md``).
+        sine_fraction: with ``sine_scale``, the share of the first layer's units that are sine
+            units (the first ``round(sine_fraction * hidden_units[0])``, at least one); the
+            others take ``activation``. The whole first layer is drawn at ``sine_scale``.
+            Half sine units keep what ReLU units fit well and add the periodic features
+            (RealNVP on circles, ``benchmarks/README.md``).
         dropout: rate of a ``Dropout`` after every hidden layer, active only in training
             (``model.fit``), so ``log_prob``, ``sample`` and the exported flow stay
             deterministic. A coupling is a bijection for every dropout draw; in training each
@@ -87,6 +92,7 @@ class MLP(keras.layers.Layer):
         random_outputs: int = 0,
         dropout: float = 0.0,
         sine_scale: float | None = None,
+        sine_fraction: float = 1.0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -109,6 +115,12 @@ class MLP(keras.layers.Layer):
             raise ValueError(f"sine_scale must be a positive number or None, got {sine_scale}")
         if self.sine_scale is not None and not self.hidden_units:
             raise ValueError("sine_scale needs at least one hidden layer")
+        self.sine_fraction = float(sine_fraction)
+        if not 0.0 < self.sine_fraction <= 1.0:
+            raise ValueError(f"sine_fraction must be in (0, 1], got {sine_fraction}")
+        # How many of the first layer's units are sine units (the first ones).
+        self._sines = (max(1, round(self.sine_fraction * self.hidden_units[0]))
+                       if self.sine_scale is not None else 0)
         if not 0 <= self.random_outputs <= self.output_shape_[-1]:
             raise ValueError(f"random_outputs must be in [0, {self.output_shape_[-1]}] (the "
                              f"output's last axis), got {self.random_outputs}")
@@ -162,13 +174,28 @@ class MLP(keras.layers.Layer):
         h = self.flatten(inputs)
         for i, layer in enumerate(self.hidden):
             h = layer(h)
-            h = keras.ops.sin(h) if i == 0 and self.sine_scale is not None else self._activate(h)
+            if i == 0 and self._sines:
+                h = self._sine_units(h)
+            else:
+                h = self._activate(h)
             if self.drop:
                 h = self.drop[i](h, training=training)
         return self.reshape(self.out(h))
 
     def _activate(self, h):
         return h  # the Dense layers apply the activation
+
+    def _sine_units(self, h):
+        """The first layer's units: ``sin`` on the first ``_sines``, the activation on the rest
+        (applied here: under ``sine_scale`` that layer's ``Dense`` is linear)."""
+        if self._sines == h.shape[-1]:
+            return keras.ops.sin(h)
+        rest = h[..., self._sines:]
+        return keras.ops.concatenate([keras.ops.sin(h[..., :self._sines]),
+                                      self._activate_rest(rest)], axis=-1)
+
+    def _activate_rest(self, h):
+        return keras.activations.get(self.activation)(h)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], *self.output_shape_)
@@ -183,6 +210,7 @@ class MLP(keras.layers.Layer):
             "random_outputs": self.random_outputs,
             "dropout": self.dropout,
             "sine_scale": self.sine_scale,
+            "sine_fraction": self.sine_fraction,
         }
 
 
@@ -228,12 +256,13 @@ class AutoMLP(MLP, DataInitializedParams):
         random_outputs: int = 0,
         dropout: float = 0.0,
         sine_scale: float | None = None,
+        sine_fraction: float = 1.0,
         **kwargs,
     ) -> None:
         super().__init__(hidden_units, output_shape,
                          activation="linear" if activation == "auto" else activation,
                          zero_init=zero_init, random_outputs=random_outputs, dropout=dropout,
-                         sine_scale=sine_scale, **kwargs)
+                         sine_scale=sine_scale, sine_fraction=sine_fraction, **kwargs)
         self.activation = activation
         self.small_data_identity = bool(small_data_identity)
         # The choice of units, a weight so that checkpoints and .keras files restore it; none
@@ -260,6 +289,9 @@ class AutoMLP(MLP, DataInitializedParams):
         if self.activation != "auto":
             return h
         return keras.ops.where(self.bounded > 0.5, keras.ops.tanh(h), keras.ops.relu(h))
+
+    def _activate_rest(self, h):
+        return self._activate(h) if self.activation == "auto" else super()._activate_rest(h)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "activation": self.activation,

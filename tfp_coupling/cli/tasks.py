@@ -68,11 +68,13 @@ def build_model(config: dict) -> FlowModel:
                          **context)
     if config["model"] == "realnvp":
         # Runs written before the shift was bounded have no "shift_clamp" key: unbounded.
+        # No sine units (realnvp_flow's default on 2-D data): the command line's recipe was
+        # measured with ReLU units, and runs written before rebuild the same layers.
         return realnvp_flow([config["event_size"]], num_couplings=couplings,
                             hidden_units=hidden, activation=activation,
                             mixing=config.get("mixing"), shift_clamp=config.get("shift_clamp"),
                             zero_init=starts_at_identity(config),
-                            dropout=config.get("dropout", 0.0), **context)
+                            dropout=config.get("dropout", 0.0), sine_scale=None, **context)
     builder = get_builder(IMAGE_MODELS[config["model"]])
     if config["model"] == "realnvp-image":  # multi-scale, conv conditioners
         # Runs written before the blocks were scaled, or before the couplings took the vector
