@@ -32,7 +32,8 @@ __all__ = ["MIXING_ANGLE", "REALNVP_SINE_SCALE", "SINE_SCALE", "initialize_resca
 # coordinate (benchmarks/README.md, "NICE on rings: sine units in the first layer").
 SINE_SCALE = 3.0
 # The scale of realnvp_flow(sine_scale="auto")'s sine units, in half of the first layer of each
-# conditioner that sees one coordinate (benchmarks/README.md, "RealNVP: sine units in half").
+# conditioner that sees one coordinate (benchmarks/README.md, "RealNVP: sine units in half the
+# first layer").
 REALNVP_SINE_SCALE = 2.0
 # The angle (radians) of the rotation mixing="rotation" starts each learned mixing at
 # (benchmarks/README.md, "NICE: 16 couplings and rotations between them").
@@ -295,9 +296,9 @@ def realnvp_flow(
     in the first ``sine_fraction`` (half) of its first layer's units and its chosen units in
     the rest, that layer drawn in ``±REALNVP_SINE_SCALE/sqrt(fan_in)`` (2; see
     :class:`tfp_coupling.nets.MLP`); the others have none. A number gives every conditioner
-    that scale, ``None`` none. Why: on one coordinate ReLU units make a piecewise-linear
-    conditioner with few kinks, and the periodic units add the oscillating shifts and scales
-    that rings of mass need. At the 2-D budget, paired against ReLU units alone
+    that scale, ``None`` none. Periodic units give a conditioner on one coordinate functions
+    that ReLU units of that width reach only slowly (see :func:`nice_flow` on rings); half of
+    them keep the ReLU units' fit of two moons. At the 2-D budget, paired against ReLU units alone
     (``fit_ablation.py``, ``benchmarks/README.md``, "RealNVP: sine units in half the first
     layer"): circles -0.179 ± 0.026 nats (20 seeds; worst seed 0.134 above its mean, 0.228
     before), two spirals -0.127 ± 0.049, rings -0.067 ± 0.017, checkerboard -0.029,
