@@ -57,7 +57,8 @@ class MLP(keras.layers.Layer):
             output's last axis start like the hidden layers all the same (the rest at zero).
             An affine coupling's shifts come first: passing their number starts the coupling
             at a random shift with log-scale 0, a map of constant volume.
-        sine_scale: if given, the first hidden layer's units are ``sin(W_1 x + b_1)`` with
+        sine_scale: if given, the first hidden layer's units (its first ``sine_fraction``
+            of them) are ``sin(W_1 x + b_1)`` with
             ``W_1`` and ``b_1`` drawn uniform in ``±sine_scale/sqrt(fan_in)``: trainable
             Fourier features (Tancik et al. 2020, Sitzmann et al. 2020). On a conditioner that
             sees one coordinate they give the network the high-frequency functions that ReLU
