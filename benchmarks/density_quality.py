@@ -25,8 +25,11 @@ Contenders:
   batch size, epochs, data and model selection; needs the ``benchmarks`` extra (torch, zuko).
 
 All flows train with the same budget: Adam (2-D: learning rate 1e-3, batch 256, 30 epochs;
-tables: 1e-4, batch 64, 300 epochs), and report the test NLL of the epoch with the best
-validation NLL, the untrained start counted as epoch 0 (the model selection the CLI does).
+tables: 1e-4, batch 64, 300 epochs), and report the test NLL of the epoch
+``tc.callbacks.BestOrStart`` keeps (the model selection the CLI does): the one with the best
+validation NLL, or the untrained start (epoch 0) if that epoch's gain over it is within one
+paired standard error of the validation rows. ``--selection best`` keeps the best epoch always
+(the start counted as epoch 0), as every run before 2026-12-05 did.
 ``spike`` is the largest ratio of one epoch's mean training NLL to the previous epoch's over all
 runs of a contender (where the previous is positive): above 1.5 is a loss spike. Where the NLL
 nears or crosses 0 (tables, in standardised units) a ratio says little, so the largest rise
@@ -159,9 +162,12 @@ class BestEpoch(keras.callbacks.Callback):
 
 def train_ours(build: Callable[[int], tc.FlowModel], s: Split, budget: Budget, seed: int,
                clipnorm: float | None = None, weight_decay: float | None = None,
-               info: dict | None = None, epsilon: float = 1e-7):
+               info: dict | None = None, epsilon: float = 1e-7, selection: str = "best"):
     """``(test NLL, epoch-mean training NLLs)`` of a tfp-coupling flow.
 
+    ``selection``: ``"best"`` (the epoch of lowest validation NLL) or ``"best-or-start"``
+    (``tc.callbacks.BestOrStart``: that epoch if its validation gain over the start beats one
+    paired standard error, else the start).
     ``weight_decay``: Keras' decoupled decay (``w -= lr * weight_decay * w`` per step, AdamW).
     ``info``, if given, receives ``start``: the test NLL of the untrained (initialised) flow.
     ``epsilon``: Adam's (Keras' default 1e-7; PyTorch's, the peer's, is 1e-8).
@@ -184,19 +190,27 @@ def train_ours(build: Callable[[int], tc.FlowModel], s: Split, budget: Budget, s
         opt.exclude_from_weight_decay(var_list=[
             v for layer in data_initialized_layers(model) for v in layer.weights])
     model.compile(optimizer=opt, jit_compile=True)
-    best = BestEpoch(s.val)
-    hist = model.fit(s.train, batch_size=budget.batch_size, epochs=budget.epochs, verbose=0,
-                     callbacks=[best])
-    if info is not None:
-        model.set_weights(best.start_weights)
-        info["start"] = -float(np.mean(model.log_prob(s.test))) + s.correction
-    model.set_weights(best.weights)
+    if selection == "best-or-start":
+        rule = tc.callbacks.BestOrStart(s.val)  # restores its choice when fit ends
+        hist = model.fit(s.train, batch_size=budget.batch_size, epochs=budget.epochs,
+                         verbose=0, callbacks=[rule])
+    else:
+        best = BestEpoch(s.val)
+        hist = model.fit(s.train, batch_size=budget.batch_size, epochs=budget.epochs,
+                         verbose=0, callbacks=[best])
+        if info is not None:
+            model.set_weights(best.start_weights)
+            info["start"] = -float(np.mean(model.log_prob(s.test))) + s.correction
+        model.set_weights(best.weights)
     test = -float(np.mean(model.log_prob(s.test))) + s.correction
     return test, [float(v) for v in hist.history["nll"]]
 
 
-def train_zuko(s: Split, budget: Budget, seed: int):
-    """The same protocol for zuko's RealNVP (shuffled batches, Adam, best validation epoch)."""
+def train_zuko(s: Split, budget: Budget, seed: int, selection: str = "best"):
+    """The same protocol for zuko's RealNVP (shuffled batches, Adam, best validation epoch, or
+    with ``selection="best-or-start"`` the library's rule on the same per-row NLLs)."""
+    import copy
+
     import torch
     import zuko
 
@@ -206,8 +220,16 @@ def train_zuko(s: Split, budget: Budget, seed: int):
     x, val, test = (torch.from_numpy(a) for a in (s.train, s.val, s.test))
     gen = torch.Generator().manual_seed(seed)
     history, best, best_test = [], math.inf, math.nan
+    rule = tc.callbacks.BestOrStart(s.val)
+
+    def observe(epoch: int) -> None:
+        if selection == "best-or-start":
+            rule.observe(epoch, -flow().log_prob(val).numpy(),
+                         lambda: copy.deepcopy(flow.state_dict()))
+
     with torch.no_grad():
         best, best_test = (-flow().log_prob(a).mean().item() for a in (val, test))
+        observe(0)
     for _ in range(budget.epochs):
         total = 0.0
         for idx in torch.randperm(len(x), generator=gen).split(budget.batch_size):
@@ -221,6 +243,11 @@ def train_zuko(s: Split, budget: Budget, seed: int):
             v = -flow().log_prob(val).mean().item()
             if v < best:
                 best, best_test = v, -flow().log_prob(test).mean().item()
+            observe(len(history))
+    if selection == "best-or-start":
+        flow.load_state_dict(rule.choose())
+        with torch.no_grad():
+            best_test = -flow().log_prob(test).mean().item()
     return best_test + s.correction, history
 
 
@@ -291,7 +318,8 @@ def peer_available() -> bool:
 
 def run(datasets, tables, seeds: int, toy_budget: Budget, table_budget: Budget,
         with_peer: bool, toy_n: int | None = None, log=print,
-        only: list[str] | None = None, own_budgets: dict[str, Budget] | None = None) -> str:
+        only: list[str] | None = None, own_budgets: dict[str, Budget] | None = None,
+        selection: str = "best") -> str:
     """The table; ``own_budgets`` (default ``TOY_ONLY``) replace the 2-D budget of those
     contenders."""
     own_budgets = TOY_ONLY if own_budgets is None else own_budgets
@@ -321,9 +349,10 @@ def run(datasets, tables, seeds: int, toy_budget: Budget, table_budget: Budget,
                     continue
                 start = time.perf_counter()
                 if build is None:
-                    nll, hist = train_zuko(s, budget, seed)
+                    nll, hist = train_zuko(s, budget, seed, selection)
                 else:
-                    nll, hist = train_ours(build, s, own_budgets.get(label, budget), seed)
+                    nll, hist = train_ours(build, s, own_budgets.get(label, budget), seed,
+                                           selection=selection)
                 cells[label].add(nll, hist)
                 log(f"{name} seed {seed} {label}: {nll:.3f} nats, spike "
                     f"{max_epoch_ratio(hist):.2f} (rise {max_epoch_rise(hist):.2f} nats), "
@@ -357,6 +386,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-peer", action="store_true", help="skip the zuko column")
     parser.add_argument("--contenders", nargs="+", choices=[*contenders(True)],
                         help="train only these (default: every contender)")
+    parser.add_argument("--selection", choices=("best-or-start", "best"),
+                        default="best-or-start",
+                        help="the epoch each flow reports: the lowest validation NLL only if "
+                             "its gain over the start beats one paired standard error "
+                             "(tc.callbacks.BestOrStart, default), or the lowest always")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny data, 1 seed")
     args = parser.parse_args(argv)
     with_peer = not args.no_peer and peer_available()
@@ -370,10 +404,12 @@ def main(argv: list[str] | None = None) -> None:
     table = run(args.datasets, args.tables, args.seeds,
                 Budget(args.epochs, args.batch_size, args.lr),
                 Budget(args.table_epochs, args.table_batch_size, args.table_lr),
-                with_peer, toy_n=toy_n, only=args.contenders, own_budgets=own_budgets)
+                with_peer, toy_n=toy_n, only=args.contenders, own_budgets=own_budgets,
+                selection=args.selection)
     print(f"\nTest NLL, nats per example, mean ± sd (worst) over {args.seeds} seed(s); "
           f"2-D: Adam {args.lr}, batch {args.batch_size}, {args.epochs} epochs; tables: Adam "
-          f"{args.table_lr}, batch {args.table_batch_size}, {args.table_epochs} epochs"
+          f"{args.table_lr}, batch {args.table_batch_size}, {args.table_epochs} epochs; "
+          f"selection: {args.selection}"
           + "".join(f"; {k}: Adam {b.lr}, batch {b.batch_size}, {b.epochs} epochs, warm-up and "
                     f"cosine decay" for k, b in own_budgets.items() if k in (args.contenders or ()))
           + "\n")

@@ -95,9 +95,14 @@ def _load_benchmark(name: str):
 
 def test_density_quality_smoke():
     """Two epochs on 256 points, one seed: every column is filled, the true NLL is the lowest,
-    and the table reports the spike row (the full run is `python benchmarks/density_quality.py`)."""
+    and the table reports the spike row (the full run is `python benchmarks/density_quality.py`);
+    with ``selection="best-or-start"`` too."""
     dq = _load_benchmark("density_quality")
     budget = dq.Budget(epochs=2, batch_size=64, lr=1e-3)
+    gated = dq.run(["two_moons"], [], seeds=1, toy_budget=budget, table_budget=budget,
+                   with_peer=False, toy_n=256, log=lambda *_: None, only=["realnvp"],
+                   selection="best-or-start").splitlines()[2].split("|")[2:-1]
+    assert float(gated[-1]) < float(gated[1])  # realnvp below the Gaussian fit
     table = dq.run(["two_moons"], [], seeds=1, toy_budget=budget, table_budget=budget,
                    with_peer=False, toy_n=256, log=lambda *_: None)
     lines = table.splitlines()

@@ -742,3 +742,46 @@ def test_invertible_backprop_trains_the_same_run_and_is_recorded(tmp_path):
                      "--invertible-backprop", "--quiet"]) == 0
     config = json.loads((tmp_path / "plain" / "config.json").read_text())
     assert config["invertible_backprop"] is True
+
+
+def test_vector_runs_keep_the_untrained_flow_unless_the_best_epoch_beats_it(tmp_path,
+                                                                            monkeypatch, capsys):
+    """``--selection best-or-start`` (vector models' default) scores the validation rows under
+    the untrained flow and the best epoch and keeps the untrained one when
+    ``gain_beats_noise`` says no: on a table that is the Gaussian fit, so the run's test NLL is
+    the Gaussian's. ``--selection best`` keeps the best epoch without asking."""
+    calls = []
+
+    def no_gain(start_nll, best_nll, k=1.0):
+        calls.append((start_nll, best_nll))
+        return False
+
+    monkeypatch.setattr(tasks, "gain_beats_noise", no_gain)
+    table = tmp_path / "t.npy"
+    np.save(table, np.random.default_rng(0).normal(size=(300, 3)) @ [[1.0, 0.5, 0], [0, 1, 0.3],
+                                                                     [0, 0, 1]])
+    assert _train(tmp_path, "kept", "--dataset", str(table), "--epochs", "2") == 0
+    err = capsys.readouterr().err
+    assert "note: kept the untrained flow" in err and "above the Gaussian" not in err
+    metrics = json.loads((tmp_path / "kept" / "metrics.json").read_text())
+    assert metrics["config"]["selection"] == "best-or-start"
+    assert metrics["best_epoch"] >= 1 and metrics["chosen_epoch"] == 0
+    assert metrics["test_nll"] == pytest.approx(metrics["gaussian_test_nll"], abs=1e-4)
+    from tfp_coupling.cli.run_folder import load_run_data
+
+    val = load_run_data(metrics["config"], "validation")
+    (start_nll, best_nll), = calls
+    assert start_nll.shape == best_nll.shape == (len(val.x),)
+    assert not np.allclose(start_nll, best_nll)
+    correction = val.info.log_det_correction
+    assert float(np.mean(start_nll)) - correction == pytest.approx(metrics["val_nll"], abs=1e-4)
+
+    assert _train(tmp_path, "best", "--dataset", str(table), "--epochs", "2",
+                  "--selection", "best") == 0
+    metrics = json.loads((tmp_path / "best" / "metrics.json").read_text())
+    assert len(calls) == 1 and metrics["chosen_epoch"] == metrics["best_epoch"] >= 1
+    assert abs(metrics["test_nll"] - metrics["gaussian_test_nll"]) > 1e-4
+    capsys.readouterr()
+    assert cli.main(["train", "--out", str(tmp_path), "--name", "img", "--model", "realnvp-image",
+                     "--selection", "best-or-start"]) == 1
+    assert "--selection best-or-start is for the vector models" in _error_line(capsys)

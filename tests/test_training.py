@@ -282,3 +282,76 @@ def test_best_weights_checkpoint_keeps_the_best_epoch_and_stops_after_patience(t
         resumed.on_epoch_end(0, {"loss": 1.0})
     with pytest.raises(ValueError, match=r"\.weights\.h5"):
         tc.callbacks.BestWeightsCheckpoint(tmp_path / "best.h5")
+
+
+# -- the best epoch or the start --------------------------------------------------------------
+
+
+def test_best_or_start_keeps_the_start_unless_the_gain_beats_its_standard_error():
+    """Epochs scored on the same 40 rows. Gains of 0.02 and 0.04 nats under a row-to-row spread
+    of 0.5 (standard error about 0.08): the start is kept, though epoch 2 is the best. A gain
+    of 0.3 with the same spread: the best epoch is kept. k=0: the best epoch whatever the
+    noise. A best epoch that is the start stays the start."""
+    rng = np.random.default_rng(0)
+    start = rng.normal(2.0, 1.0, 40)
+    noise = rng.normal(0.0, 1.0, (3, 40))
+    noise -= noise.mean(1, keepdims=True)  # each epoch's mean gain is exactly the one written
+
+    def run(gains, k=1.0):
+        rule = tc.callbacks.BestOrStart(np.zeros((40, 2), "float32"), k=k)
+        for epoch, gain in enumerate(gains):
+            rule.observe(epoch, start - gain + (0.5 * noise[epoch - 1] if epoch else 0.0),
+                         lambda e=epoch: f"weights {e}")
+        return rule.best_epoch, rule.choose(), rule.chosen_epoch
+
+    assert run([0.0, 0.02, 0.04]) == (2, "weights 0", 0)
+    assert run([0.0, 0.02, 0.04], k=0.0) == (2, "weights 2", 2)
+    assert run([0.0, 0.3, 0.1]) == (1, "weights 1", 1)
+    assert run([0.0, -0.2, -0.1]) == (0, "weights 0", 0)
+    empty = tc.callbacks.BestOrStart(np.zeros((2, 2), "float32"))
+    assert empty.choose() is None
+
+
+def test_best_or_start_restores_the_chosen_epoch_in_fit(moons):
+    """In ``fit`` the rule restores the weights of the epoch it chose: on two moons, which are
+    far from the Gaussian start, the best epoch; the model's validation NLLs after ``fit`` are
+    the ones it had at that epoch. With ``patience`` it may stop early."""
+    train, val = moons
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.on_epoch_end(-1)
+
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(-np.asarray(self.model.log_prob(val), np.float64))
+
+    keras.utils.set_random_seed(0)
+    model = _flow()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2))
+    rule = tc.callbacks.BestOrStart(val[:64], patience=3)
+    history = model.fit(train, batch_size=128, epochs=8, verbose=0, callbacks=[Record(), rule])
+    assert rule.chosen_epoch == rule.best_epoch > 0
+    np.testing.assert_allclose(-np.asarray(model.log_prob(val), np.float64),
+                               seen[rule.chosen_epoch], rtol=0, atol=1e-5)
+    assert len(history.history["nll"]) == 8 or (
+        len(history.history["nll"]) - rule.best_epoch == 3)
+
+
+def test_best_or_start_with_a_context_and_bad_arguments():
+    model = tc.realnvp_flow([2], num_couplings=2, hidden_units=[8], context_shape=[1])
+    model.compile(optimizer="adam")
+    x, c = tc.data.two_moons(256, seed=0), np.zeros((256, 1), "float32")
+    rule = tc.callbacks.BestOrStart((x[:32], c[:32]), batch_size=10)
+    model.fit(x, c, epochs=1, verbose=0, callbacks=[rule])
+    assert rule.chosen_epoch in (0, 1)
+    np.testing.assert_allclose(rule._row_nll(), -np.asarray(model.log_prob(x[:32], c[:32])),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="k must be"):
+        tc.callbacks.BestOrStart(x, k=-1)
+    with pytest.raises(ValueError, match="patience"):
+        tc.callbacks.BestOrStart(x, patience=0)
+    with pytest.raises(ValueError, match="at least 2 validation rows"):
+        tc.callbacks.BestOrStart(x[:1])
+    with pytest.raises(ValueError, match="pair"):
+        tc.callbacks.BestOrStart((x, c, c))

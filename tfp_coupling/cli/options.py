@@ -28,6 +28,10 @@ DEFAULTS: dict[str, Any] = {
     "clipnorm": 1.0,
     "weight_decay": 0.0,
     "patience": None,
+    # Vector models: "best-or-start" keeps the untrained flow (on tables the Gaussian fit)
+    # unless the best epoch beats it by more than the validation rows' noise
+    # (tc.callbacks.gain_beats_noise). Image models: "best".
+    "selection": None,
     "seed": 0,
     "data_dir": None,
     "mixed_precision": None,
@@ -100,6 +104,17 @@ def parse_hidden(text: str) -> list[int]:
     return units
 
 
+def selection_setting(model: str, selection: str | None) -> str:
+    """The weights a run keeps: ``best-or-start`` for vector models, ``best`` for image models
+    (a few thousand validation images always tell a trained flow from its start)."""
+    if model in IMAGE_MODELS:
+        if selection == "best-or-start":
+            raise CLIError(f"--selection best-or-start is for the vector models "
+                           f"({', '.join(VECTOR_MODELS)}); {model} keeps the best epoch")
+        return "best"
+    return selection or "best-or-start"
+
+
 def check_patience(patience: int | None) -> None:
     if patience is not None and patience < 1:
         raise CLIError(f"--patience must be >= 1 (epochs without a better validation NLL), got "
@@ -165,6 +180,7 @@ def new_config(args: argparse.Namespace) -> dict:
         "clipnorm": args.clipnorm,
         "weight_decay": args.weight_decay,
         "patience": args.patience,
+        "selection": selection_setting(args.model, args.selection),
         "seed": args.seed,
         "jit": bool(args.jit),
         "invertible_backprop": bool(args.invertible_backprop),

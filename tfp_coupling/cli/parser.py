@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop when the validation NLL has not improved for this many epochs "
                         "(default: train all --epochs); the best validation epoch's weights are "
                         "kept either way")
+    t.add_argument("--selection", choices=("best-or-start", "best"),
+                   help="the weights kept: the best validation epoch, or (best-or-start, the "
+                        "default for vector models) the untrained flow when the best epoch's "
+                        "gain over it is within one standard error of the validation rows")
     t.add_argument("--seed", type=int, help="seed for data, weights and shuffling (default 0)")
     t.add_argument("--jit", action="store_true", default=None, help="compile with XLA")
     t.add_argument("--invertible-backprop", action="store_true", default=None,

@@ -29,7 +29,7 @@ import tensorflow as tf
 from tfp_coupling import atomic, dequantization, plots
 from tfp_coupling.baseline import conditional_gaussian_fit, gaussian_fit
 from tfp_coupling.builders import initialize_rescaling, nice_flow, realnvp_flow
-from tfp_coupling.callbacks import BestWeightsCheckpoint
+from tfp_coupling.callbacks import BestWeightsCheckpoint, gain_beats_noise
 from tfp_coupling.checkpoint import AtomicCheckpoint, CheckpointError, adopt_keras_backup
 from tfp_coupling.cli.context import context_size, describe, one_hot
 from tfp_coupling.cli.options import IMAGE_MODELS, CLIError, is_image_model, starts_at_identity
@@ -185,13 +185,20 @@ def _train(run: RunFolder, config: dict, train: RunData, val: RunData, test: Run
         best,
         AtomicCheckpoint(run.checkpoints),
     ]
+    if done == 0:  # a resumed run keeps its start (one begun by an earlier version has none)
+        callbacks.insert(0, _SaveStart(_start_weights_path(run)))
     train_ds = _train_dataset(train, config["batch_size"], config["seed"],
                               is_image_model(config["model"]))
     validation = (x_val,) if val.context is None else (x_val, val.context)
     model.fit(train_ds, epochs=config["epochs"], validation_data=validation, shuffle=False,
               callbacks=callbacks, verbose=verbose)
+    chosen_epoch = best.best_epoch or None
     if best.path.is_file():  # evaluate, save and export the best validation epoch's weights
         model.load_weights(best.path)
+        # Runs saved before the option existed kept the best epoch.
+        if config.get("selection", "best") == "best-or-start" and _keeps_start(
+                model, run, best.path, x_val, val.context):
+            chosen_epoch = 0
 
     test_nll = eval_nll(model, test.x, info, seed=noise_seed(config, "test"),
                         context=test.context)
@@ -221,6 +228,7 @@ def _train(run: RunFolder, config: dict, train: RunData, val: RunData, test: Run
             "time_s": [h["time_s"] for h in history],
         },
         "best_epoch": best.best_epoch or None,
+        "chosen_epoch": chosen_epoch,  # the weights evaluated and saved; 0: the untrained flow
         "val_nll": val_nll,
         "test_nll": test_nll,
         **gaussian,
@@ -256,6 +264,46 @@ def _gaussian_baseline(config: dict, train: RunData) -> Callable[[RunData], floa
         return -float(np.mean(log_p)) - split.info.log_det_correction
 
     return nll
+
+
+def _start_weights_path(run: RunFolder) -> Path:
+    return run.checkpoints / "start_weights.npz"
+
+
+class _SaveStart(keras.callbacks.Callback):
+    """Saves the untrained flow's weights, after ``fit`` has initialised it from the data, when
+    a new run starts. The model's weights only: it has no optimizer state yet."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def on_train_begin(self, logs=None) -> None:
+        weights = self.model.get_weights()
+        atomic.write_with(self.path, lambda tmp: np.savez(tmp, *weights), suffix=".npz")
+
+
+def _keeps_start(model: FlowModel, run: RunFolder, best_path: Path, x_val, context) -> bool:
+    """Whether the untrained flow is kept: the best epoch (loaded in ``model``) does not beat it
+    by more than one paired standard error on the validation rows. Leaves ``model`` holding the
+    weights kept. False when the run has no start weights (begun by an earlier version)."""
+    start_path = _start_weights_path(run)
+    if not start_path.is_file() or len(x_val) < 2:
+        return False
+    best_nll = _row_nll(model, x_val, context)
+    with np.load(start_path) as start:
+        model.set_weights([start[f"arr_{i}"] for i in range(len(start.files))])
+    if not gain_beats_noise(_row_nll(model, x_val, context), best_nll):
+        return True
+    model.load_weights(best_path)
+    return False
+
+
+def _row_nll(model: FlowModel, x, context, batch_size: int = 1000) -> np.ndarray:
+    parts = [np.asarray(model.log_prob(x[i:i + batch_size],
+                                       None if context is None else context[i:i + batch_size]))
+             for i in range(0, len(x), batch_size)]
+    return -np.concatenate(parts).astype(np.float64)
 
 
 class _EpochRecorder(keras.callbacks.Callback):
