@@ -165,17 +165,40 @@ def test_realnvp_sine_units_only_where_the_conditioner_sees_one_coordinate():
     assert _sine_units(type(model).from_config(model.get_config())) == [(2.0, 32)] * 2
 
 
+def test_realnvp_drops_its_sine_units_on_small_data_and_old_files_keep_them():
+    """A first fit on fewer than 2000 rows turns the sine units into tanh units (a given
+    ``sine_scale`` or ``small_data_sines=True`` keeps them); a file saved before the option
+    rebuilds with sines on any number of rows, as it was trained."""
+    x = tc.data.two_moons(300, seed=0)
+
+    def sines_on(model):
+        tc.initialize_from_data(model, x)
+        return [None if net.sines_on is None else float(net.sines_on.numpy())
+                for net in model.flow_layers if isinstance(net, tc.nets.AutoMLP)]
+
+    assert sines_on(tc.realnvp_flow([2], num_couplings=2)) == [0.0, 0.0]
+    assert sines_on(tc.realnvp_flow([2], num_couplings=2, small_data_sines=True)) == [None] * 2
+    assert sines_on(tc.realnvp_flow([2], num_couplings=2, sine_scale=2.0)) == [None] * 2
+    model = tc.realnvp_flow([2], num_couplings=2)
+    config = {k: v for k, v in model.get_config()["flow_config"].items()
+              if k != "small_data_sines"}
+    assert sines_on(type(model).from_config({"name": "old", "flow_config": config})) == [None] * 2
+
+
 @pytest.mark.parametrize("event_shape", [[5], [2]], ids=str)
 @pytest.mark.parametrize("bounded", [1.0, 0.0], ids=["tanh", "relu"])
 def test_flow_harness_units_chosen_by_the_data(bounded, event_shape):
     """The default realnvp_flow with either choice of its conditioners' units (random weights,
     the choice set as initialisation on few or many rows sets it); on 2-D data beside the sine
-    units."""
+    units, which few rows turn into tanh units."""
     model = small_flow("realnvp", event_shape, num_couplings=3)
     nets = [layer for layer in model.flow_layers if isinstance(layer, tc.nets.AutoMLP)]
     assert len(nets) == 3
+    assert all((net.sines_on is not None) == (event_shape == [2]) for net in nets)
     for net in nets:
         net.bounded.assign(bounded)
+        if net.sines_on is not None:
+            net.sines_on.assign(1.0 - bounded)
         net.initialized.assign(1.0)
     check_flow(model, batch_shapes=((), (2, 3)))
 

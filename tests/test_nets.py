@@ -200,3 +200,32 @@ def test_mlp_sine_fraction_makes_the_first_units_sine_and_the_rest_the_activatio
     for bad in (0.0, -0.5, 1.5):
         with pytest.raises(ValueError, match="sine_fraction must be in"):
             MLP([8], output_shape=[2], sine_scale=3.0, sine_fraction=bad)
+
+
+@pytest.mark.parametrize("rows", [300, 3000])
+def test_auto_mlp_without_small_data_sines_drops_them_on_few_rows(rows):
+    """``small_data_sines=False``: below 2000 rows every first-layer unit is the chosen (tanh)
+    unit and that layer is the draw divided by ``sine_scale``; from 2000 rows the sine units
+    stay (beside ReLU units). The choice is a saved weight; old configs keep the sines."""
+    keras.utils.set_random_seed(2)
+    x = np.random.default_rng(2).normal(size=(64, 1)).astype("float32")
+    net = AutoMLP([10, 8], output_shape=[2], zero_init=False, small_data_identity=False,
+                  sine_scale=2.0, sine_fraction=0.5, small_data_sines=False)
+    net(x)
+    first, second = net.hidden
+    drawn = first.kernel.numpy(), first.bias.numpy()
+    net.initialize_from(np.zeros((rows, 1), "float32"))
+    small = rows < 2000
+    assert float(net.sines_on.numpy()) == (0.0 if small else 1.0)
+    scale = 2.0 if small else 1.0
+    np.testing.assert_allclose(first.kernel.numpy(), drawn[0] / scale, rtol=1e-6)
+    np.testing.assert_allclose(first.bias.numpy(), drawn[1] / scale, rtol=1e-6)
+    act = np.tanh if small else (lambda v: np.maximum(v, 0.0))
+    z = x @ first.kernel.numpy() + first.bias.numpy()
+    h = act(z) if small else np.concatenate([np.sin(z[:, :5]), act(z[:, 5:])], axis=-1)
+    later = act(h @ second.kernel.numpy() + second.bias.numpy())
+    want = later @ net.out.kernel.numpy() + net.out.bias.numpy()
+    np.testing.assert_allclose(net(x).numpy(), want, rtol=1e-5, atol=1e-5)
+    assert AutoMLP.from_config(net.get_config()).small_data_sines is False
+    old = {k: v for k, v in net.get_config().items() if k != "small_data_sines"}
+    assert AutoMLP.from_config(old).sines_on is None  # sines on any number of rows, as before

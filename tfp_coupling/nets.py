@@ -232,7 +232,11 @@ class AutoMLP(MLP, DataInitializedParams):
     densities better (``benchmarks/README.md``, "Units chosen by the number of rows"). The
     choice is the non-trainable weight ``bounded`` (1.0: tanh; only with ``activation="auto"``),
     saved with the model, so a reloaded or resumed model keeps it; the units are
-    ``where(bounded, tanh(z), relu(z))``, one traced graph.
+    ``where(bounded, tanh(z), relu(z))``, one traced graph. With ``sine_scale`` and
+    ``small_data_sines=False`` small data also turn the first layer's sine units into the chosen
+    units (weight ``sines_on``), that layer redrawn as without sine units (its draw divided by
+    ``sine_scale``): sine units fit curved 2-D densities from thousands of rows, but on a few
+    hundred rows they cost held-out fit (``benchmarks/README.md``).
 
     Example:
         >>> import numpy as np
@@ -258,6 +262,7 @@ class AutoMLP(MLP, DataInitializedParams):
         dropout: float = 0.0,
         sine_scale: float | None = None,
         sine_fraction: float = 1.0,
+        small_data_sines: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(hidden_units, output_shape,
@@ -266,10 +271,15 @@ class AutoMLP(MLP, DataInitializedParams):
                          sine_scale=sine_scale, sine_fraction=sine_fraction, **kwargs)
         self.activation = activation
         self.small_data_identity = bool(small_data_identity)
+        self.small_data_sines = bool(small_data_sines)
         # The choice of units, a weight so that checkpoints and .keras files restore it; none
         # when the units are given.
         self.bounded = self.add_weight(shape=(), initializer="zeros", name="bounded",
                                        trainable=False) if activation == "auto" else None
+        # 1.0 while the first layer's sine units are on; none when small data keep them.
+        self.sines_on = self.add_weight(
+            shape=(), initializer="ones", name="sines_on", trainable=False,
+        ) if self._sines and not self.small_data_sines else None
 
     def initialize_from(self, y: tf.Tensor) -> None:
         """Chooses the units (and the start) from the number of rows of ``y`` (eager)."""
@@ -280,6 +290,13 @@ class AutoMLP(MLP, DataInitializedParams):
         if small and self.small_data_identity:
             for weight in (self.out.kernel, self.out.bias):
                 weight.assign(keras.ops.zeros_like(weight))
+        if small and self.sines_on is not None:
+            # Drawn in +-sine_scale/sqrt(fan_in): divided by the scale, the first layer is the
+            # plain +-1/sqrt(fan_in) draw a net without sine units gets.
+            first = self.hidden[0]
+            for weight in (first.kernel, first.bias):
+                weight.assign(weight / self.sine_scale)
+            self.sines_on.assign(0.0)
         self.initialized.assign(1.0)
 
     def call(self, inputs, training=None):
@@ -294,9 +311,16 @@ class AutoMLP(MLP, DataInitializedParams):
     def _activate_rest(self, h):
         return self._activate(h) if self.activation == "auto" else super()._activate_rest(h)
 
+    def _sine_units(self, h):
+        if self.sines_on is None:
+            return super()._sine_units(h)
+        return keras.ops.where(self.sines_on > 0.5, super()._sine_units(h),
+                               self._activate_rest(h))
+
     def get_config(self) -> dict:
         return {**super().get_config(), "activation": self.activation,
-                "small_data_identity": self.small_data_identity}
+                "small_data_identity": self.small_data_identity,
+                "small_data_sines": self.small_data_sines}
 
 
 class _Dropout(keras.layers.Dropout):

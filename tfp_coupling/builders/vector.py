@@ -82,6 +82,7 @@ def _coupling_stack(
     sine_scale: float | str | None = None,
     sine_fraction: float = 1.0,
     auto_sine_scale: float = SINE_SCALE,
+    small_data_sines: bool = True,
     **coupling_kwargs,
 ) -> list:
     """The couplings with alternating masks; with ``mixing="lu"`` an :class:`LULinear` between
@@ -92,7 +93,9 @@ def _coupling_stack(
     :class:`~tfp_coupling.nets.AutoMLP`s, which choose by the training data's size.
     ``sine_scale``: the conditioners' ``sine_scale``; ``"auto"`` gives ``auto_sine_scale`` to those
     that see one coordinate (``x_a`` and any context together) and none to the others;
-    ``sine_fraction`` the share of their first layer's units that are sine units."""
+    ``sine_fraction`` the share of their first layer's units that are sine units; without
+    ``small_data_sines`` conditioners that choose by the data drop the ``"auto"`` sine units
+    on small data."""
     if int(num_couplings) < 1:
         raise ValueError(f"num_couplings must be >= 1, got {num_couplings}")
     if mixing not in (None, "lu", "rotation"):
@@ -122,7 +125,9 @@ def _coupling_stack(
             inputs = int(np.prod(masks.Partition(m).a_shape)) + int(np.prod(context))
             sine = auto_sine_scale if inputs == 1 else None
         chosen_by_data = activation == "auto" or small_data_identity
-        extra = {"small_data_identity": small_data_identity} if chosen_by_data else {}
+        extra = {"small_data_identity": small_data_identity,
+                 "small_data_sines": small_data_sines or sine_scale != "auto"
+                 } if chosen_by_data else {}
         net = (nets.AutoMLP if chosen_by_data else nets.MLP)(
             hidden_units, out_shape, activation=activation, zero_init=zero_init,
             random_outputs=b_shape[-1] if random_shift else 0, dropout=dropout, dtype=policy,
@@ -246,6 +251,7 @@ def realnvp_flow(
     dropout: float = 0.0,
     sine_scale: float | str | None = "auto",
     sine_fraction: float = 0.5,
+    small_data_sines: bool = False,
     context_shape: Sequence[int] | None = None,
     dtype: tf.DType | str = "float32",
     name: str | None = None,
@@ -266,11 +272,12 @@ def realnvp_flow(
     ``zero_init=None``): the first ``fit`` (or :func:`tfp_coupling.initialize_from_data`)
     counts the rows it initialises from (up to 4096). Below ``tc.nets.SMALL_DATA_ROWS`` (2000)
     the conditioners take ``tanh`` units and start at the identity, so the untrained flow is
-    exactly the Gaussian fit and model selection can keep it; from 2000 rows on they take ReLU
-    units and the random start below. The choice is a saved weight of each
-    :class:`tfp_coupling.nets.AutoMLP`; until it is made the flow computes ReLU units from the
-    random start. Passing ``activation`` or ``zero_init`` fixes that half of the choice; image
-    events ``(H, W, C)`` take ReLU and the random start, as before. Why
+    exactly the Gaussian fit and model selection can keep it (``tc.callbacks.BestOrStart``
+    does unless the validation rows show the trained flow is better beyond their noise); from
+    2000 rows on they take ReLU units and the random start below. The choice is a saved weight
+    of each :class:`tfp_coupling.nets.AutoMLP`; until it is made the flow computes ReLU units
+    from the random start. Passing ``activation`` or ``zero_init`` fixes that half of the
+    choice; image events ``(H, W, C)`` take ReLU and the random start, as before. Why
     (``benchmarks/README.md``, "Units chosen by the number of rows"): ReLU units extrapolate
     linearly, and on a few hundred or thousand rows trained long they send some test rows far
     out (ReLU with the random start: wine +0.52 and breast_cancer +2.45 nats above the
@@ -305,9 +312,13 @@ def realnvp_flow(
     pinwheel -0.026, eight Gaussians -0.024 (5 seeds), two moons -0.003 ± 0.006 (20 seeds);
     largest epoch ratio 1.39. Sine units in every first-layer unit fit circles as well but
     cost two moons 0.013-0.027 nats at every scale tried, and scale 3 in half of them gave one
-    loss spike (1.53x) in 20 circles seeds. On 1000-row samples (tanh units beside the sines)
-    circles gained 0.14 on the mean with a wider spread of seeds and two moons lost 0.02: with
-    a small 2-D sample, compare ``sine_scale=None`` on validation data.
+    loss spike (1.53x) in 20 circles seeds. Where the first ``fit`` sees fewer than 2000 rows
+    and the conditioners choose their units by the data, the sine units become tanh units like
+    the rest (``small_data_sines=False``; ``True`` keeps them): with them, two small tables
+    nothing was chosen on ended worse on the mean of 5 seeds (table budget, paired), engel
+    (141 training rows of 2 columns) by 0.373 ± 0.135 nats (all 5 seeds), grunfeld (3 columns)
+    by 0.159 ± 0.129; on 1000-row 2-D samples they gained circles 0.14 on the mean, with a wider
+    spread of seeds, and cost two moons 0.02.
 
     The clamp of 2 (the bijector's default is 5) was chosen by ``benchmarks/fit_ablation.py``:
     with 5, one of three eight-Gaussians seeds ended at a test NLL of 85 nats (a few test
@@ -376,7 +387,8 @@ def realnvp_flow(
         log_scale_clamp=log_scale_clamp, shift_clamp=shift_clamp, normalizing=normalizing,
         mixing=mixing, random_shift=not zero_init, fade_outside=fade_outside, dropout=dropout,
         sine_scale=sine_scale, sine_fraction=sine_fraction, auto_sine_scale=REALNVP_SINE_SCALE,
-        small_data_identity=zero_init is None, context_shape=context_shape)
+        small_data_sines=small_data_sines, small_data_identity=zero_init is None,
+        context_shape=context_shape)
     return FlowModel(Chain(steps, name=name), event_shape, flow_dtype=dtype,
                      flow_config=config, context_shape=context_shape, name=name)
 

@@ -37,7 +37,8 @@ _REGISTERED: dict[str, Callable] = {}
 _CONFIG_BEFORE = {
     "nice_flow": {"whiten": False, "zero_init": True, "sine_scale": None, "mixing": None},
     "realnvp_flow": {"whiten": False, "normalizing": False, "shift_clamp": None,
-                     "zero_init": True, "activation": "relu", "sine_scale": None},
+                     "zero_init": True, "activation": "relu", "sine_scale": None,
+                     "small_data_sines": True},
     "realnvp_image_flow": {"scale_residuals": False, "normalizing": False, "shift_clamp": None},
     "realnvp_flat_image_flow": {"normalizing": False, "shift_clamp": None},
 }
