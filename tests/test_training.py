@@ -310,6 +310,12 @@ def test_best_or_start_keeps_the_start_unless_the_gain_beats_its_standard_error(
     assert run([0.0, -0.2, -0.1]) == (0, "weights 0", 0)
     empty = tc.callbacks.BestOrStart(np.zeros((2, 2), "float32"))
     assert empty.choose() is None
+    # The test itself: a constant gain has no noise; a start with an infinite row always loses.
+    assert tc.callbacks.gain_beats_noise(start, start - 0.001)
+    assert not tc.callbacks.gain_beats_noise(start, start)
+    assert tc.callbacks.gain_beats_noise(np.append(start, np.inf), np.append(start, 50.0))
+    with pytest.raises(ValueError, match="same rows"):
+        tc.callbacks.gain_beats_noise(start, start[:-1])
 
 
 def test_best_or_start_restores_the_chosen_epoch_in_fit(moons):
