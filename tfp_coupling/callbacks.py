@@ -257,11 +257,7 @@ class BestOrStart(keras.callbacks.Callback):
         self.reset()
 
     def _row_nll(self) -> np.ndarray:
-        n, parts = len(self._x), []
-        for i in range(0, n, self.batch_size):
-            c = None if self._context is None else self._context[i:i + self.batch_size]
-            parts.append(np.asarray(self.model.log_prob(self._x[i:i + self.batch_size], c)))
-        return -np.concatenate(parts).astype(np.float64)
+        return row_nll(self.model, self._x, self._context, self.batch_size)
 
     def on_train_begin(self, logs=None) -> None:
         self.reset()
@@ -305,6 +301,14 @@ class BestOrStart(keras.callbacks.Callback):
                 self._start[0], self._best[0], self.k):
             self.chosen_epoch = 0
         return (self._start if self.chosen_epoch == 0 else self._best)[1]
+
+
+def row_nll(model, x, context=None, batch_size: int = 4096) -> np.ndarray:
+    """``-model.log_prob(x[i], context[i])`` per row, float64, ``batch_size`` rows at a time."""
+    parts = [np.asarray(model.log_prob(x[i:i + batch_size],
+                                       None if context is None else context[i:i + batch_size]))
+             for i in range(0, len(x), batch_size)]
+    return -np.concatenate(parts).astype(np.float64)
 
 
 def gain_beats_noise(start_nll: np.ndarray, best_nll: np.ndarray, k: float = 1.0) -> bool:

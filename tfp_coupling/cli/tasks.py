@@ -29,7 +29,7 @@ import tensorflow as tf
 from tfp_coupling import atomic, dequantization, plots
 from tfp_coupling.baseline import conditional_gaussian_fit, gaussian_fit
 from tfp_coupling.builders import initialize_rescaling, nice_flow, realnvp_flow
-from tfp_coupling.callbacks import BestWeightsCheckpoint, gain_beats_noise
+from tfp_coupling.callbacks import BestWeightsCheckpoint, gain_beats_noise, row_nll
 from tfp_coupling.checkpoint import AtomicCheckpoint, CheckpointError, adopt_keras_backup
 from tfp_coupling.cli.context import context_size, describe, one_hot
 from tfp_coupling.cli.options import IMAGE_MODELS, CLIError, is_image_model, starts_at_identity
@@ -290,20 +290,13 @@ def _keeps_start(model: FlowModel, run: RunFolder, best_path: Path, x_val, conte
     start_path = _start_weights_path(run)
     if not start_path.is_file() or len(x_val) < 2:
         return False
-    best_nll = _row_nll(model, x_val, context)
+    best_nll = row_nll(model, x_val, context, batch_size=1000)
     with np.load(start_path) as start:
         model.set_weights([start[f"arr_{i}"] for i in range(len(start.files))])
-    if not gain_beats_noise(_row_nll(model, x_val, context), best_nll):
+    if not gain_beats_noise(row_nll(model, x_val, context, batch_size=1000), best_nll):
         return True
     model.load_weights(best_path)
     return False
-
-
-def _row_nll(model: FlowModel, x, context, batch_size: int = 1000) -> np.ndarray:
-    parts = [np.asarray(model.log_prob(x[i:i + batch_size],
-                                       None if context is None else context[i:i + batch_size]))
-             for i in range(0, len(x), batch_size)]
-    return -np.concatenate(parts).astype(np.float64)
 
 
 class _EpochRecorder(keras.callbacks.Callback):
