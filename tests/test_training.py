@@ -319,29 +319,45 @@ def test_best_or_start_keeps_the_start_unless_the_gain_beats_its_standard_error(
 
 
 def test_best_or_start_restores_the_chosen_epoch_in_fit(moons):
-    """In ``fit`` the rule restores the weights of the epoch it chose: on two moons, which are
-    far from the Gaussian start, the best epoch; the model's validation NLLs after ``fit`` are
-    the ones it had at that epoch. With ``patience`` it may stop early."""
+    """In ``fit`` the rule restores the weights of the epoch it chose. The last epoch's weights
+    are spoilt, so the best epoch is an earlier one and restoring must happen: on two moons,
+    far from the Gaussian start, that best epoch; with a gain it can never beat (huge ``k``),
+    the start. The model's validation NLLs after ``fit`` are the ones it had at that epoch."""
     train, val = moons
-    seen = []
+    epochs = 5
 
-    class Record(keras.callbacks.Callback):
+    class RecordAndSpoil(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            self.on_epoch_end(-1)
+            self.seen = [-np.asarray(self.model.log_prob(val), np.float64)]
 
         def on_epoch_end(self, epoch, logs=None):
-            seen.append(-np.asarray(self.model.log_prob(val), np.float64))
+            if epoch == epochs - 1:  # the last epoch ends far from the data
+                for v in self.model.trainable_variables:
+                    v.assign(v + 0.5)
+            self.seen.append(-np.asarray(self.model.log_prob(val), np.float64))
 
-    keras.utils.set_random_seed(0)
+    for k, chosen in ((1.0, "best"), (1e9, "start")):
+        keras.utils.set_random_seed(0)
+        model = _flow()
+        model.compile(optimizer=keras.optimizers.Adam(1e-2))
+        record, rule = RecordAndSpoil(), tc.callbacks.BestOrStart(val[:64], k=k)
+        model.fit(train, batch_size=128, epochs=epochs, verbose=0, callbacks=[record, rule])
+        assert 0 < rule.best_epoch < epochs
+        assert rule.chosen_epoch == (rule.best_epoch if chosen == "best" else 0)
+        assert record.seen[epochs].mean() > record.seen[rule.best_epoch].mean()
+        np.testing.assert_allclose(-np.asarray(model.log_prob(val), np.float64),
+                                   record.seen[rule.chosen_epoch], rtol=0, atol=1e-5)
+
+
+def test_best_or_start_stops_after_patience(moons):
+    """At learning rate 0 no epoch beats the start: ``patience=2`` stops after two epochs and
+    keeps the start."""
     model = _flow()
-    model.compile(optimizer=keras.optimizers.Adam(1e-2))
-    rule = tc.callbacks.BestOrStart(val[:64], patience=3)
-    history = model.fit(train, batch_size=128, epochs=8, verbose=0, callbacks=[Record(), rule])
-    assert rule.chosen_epoch == rule.best_epoch > 0
-    np.testing.assert_allclose(-np.asarray(model.log_prob(val), np.float64),
-                               seen[rule.chosen_epoch], rtol=0, atol=1e-5)
-    assert len(history.history["nll"]) == 8 or (
-        len(history.history["nll"]) - rule.best_epoch == 3)
+    model.compile(optimizer=keras.optimizers.Adam(0.0))
+    rule = tc.callbacks.BestOrStart(moons[1][:64], patience=2)
+    history = model.fit(moons[0], batch_size=128, epochs=10, verbose=0, callbacks=[rule])
+    assert len(history.history["nll"]) == 2
+    assert rule.best_epoch == rule.chosen_epoch == 0
 
 
 def test_best_or_start_with_a_context_and_bad_arguments():

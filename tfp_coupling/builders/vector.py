@@ -313,12 +313,12 @@ def realnvp_flow(
     largest epoch ratio 1.39. Sine units in every first-layer unit fit circles as well but
     cost two moons 0.013-0.027 nats at every scale tried, and scale 3 in half of them gave one
     loss spike (1.53x) in 20 circles seeds. Where the first ``fit`` sees fewer than 2000 rows
-    and the conditioners choose their units by the data, the sine units become tanh units like
-    the rest (``small_data_sines=False``; ``True`` keeps them): with them, two small tables
-    nothing was chosen on ended worse on the mean of 5 seeds (table budget, paired), engel
-    (141 training rows of 2 columns) by 0.373 ± 0.135 nats (all 5 seeds), grunfeld (3 columns)
-    by 0.159 ± 0.129; on 1000-row 2-D samples they gained circles 0.14 on the mean, with a wider
-    spread of seeds, and cost two moons 0.02.
+    (and ``activation`` or ``zero_init`` is left to the data), the sine units become units like
+    the rest, tanh by default (``small_data_sines=False``; ``True`` keeps them): with them, two
+    small tables nothing was chosen on ended worse on the mean of 5 seeds (table budget,
+    paired), engel (141 training rows of 2 columns) by 0.373 ± 0.135 nats (all 5 seeds),
+    grunfeld (3 columns) by 0.159 ± 0.129; on 1000-row 2-D samples they gained circles 0.14 on
+    the mean, with a wider spread of seeds, and cost two moons 0.02.
 
     The clamp of 2 (the bijector's default is 5) was chosen by ``benchmarks/fit_ablation.py``:
     with 5, one of three eight-Gaussians seeds ended at a test NLL of 85 nats (a few test

@@ -185,7 +185,9 @@ def _train(run: RunFolder, config: dict, train: RunData, val: RunData, test: Run
         best,
         AtomicCheckpoint(run.checkpoints),
     ]
-    if done == 0:  # a resumed run keeps its start (one begun by an earlier version has none)
+    # The start, for --selection best-or-start (image models keep the best epoch: no copy of
+    # their weights); a resumed run keeps its own (one begun by an earlier version has none).
+    if done == 0 and not is_image_model(config["model"]):
         callbacks.insert(0, _SaveStart(_start_weights_path(run)))
     train_ds = _train_dataset(train, config["batch_size"], config["seed"],
                               is_image_model(config["model"]))
